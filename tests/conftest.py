@@ -1,0 +1,24 @@
+"""Test setup: 8 virtual CPU devices (set before jax is imported) and a quiet TensorFlow."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+  """Path to ../shared (data, weights, reference outputs); skips when it is absent."""
+  if not SHARED.is_dir():
+    pytest.skip(f"../shared not found at {SHARED}: reference data unavailable")
+  return SHARED

@@ -1,0 +1,65 @@
+"""Tiny Faces templates: the released file, and K-medoids clustering under 1 - IoU."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tinyfaces_jax.detection import templates
+
+
+def test_load_released_templates(shared_dir):
+  t = templates.load_templates(str(shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat"))
+  assert len(t) == 25 and t.boxes.shape == (25, 4)
+  np.testing.assert_allclose(t.boxes[:, :2], -t.boxes[:, 2:])  # centred
+  assert sorted(set(t.sigma.tolist())) == [0.5, 1.0, 2.0]
+  np.testing.assert_array_equal(t.sigma[:4], 0.5)
+  np.testing.assert_array_equal(t.sigma[12:], 2.0)
+  plain = templates.load_templates(str(shared_dir / "data/tinyfaces/RefBox_N25.mat"))
+  np.testing.assert_array_equal(plain.sigma, 1.0)
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.mat"):
+    templates.load_templates(str(tmp_path / "nope.mat"))
+  bad = tmp_path / "bad.mat"
+  bad.write_text("not a mat file")
+  with pytest.raises(ValueError, match="bad.mat"):
+    templates.load_templates(str(bad))
+
+
+def np_cost(wh, medoid_wh):
+  """Total 1 - IoU of every box to its nearest medoid, as a plain loop."""
+  tot = 0.0
+  for w, h in wh:
+    best = 1.0
+    for mw, mh in medoid_wh:
+      inter = min(w, mw) * min(h, mh)
+      best = min(best, 1 - inter / (w * h + mw * mh - inter))
+    tot += best
+  return tot
+
+
+def test_kmedoids_finds_the_exhaustive_optimum_on_small_data():
+  rng = np.random.default_rng(3)
+  wh = np.concatenate([rng.normal(c, s, (15, 2)) for c, s in [(12, 1), (40, 3), (120, 8)]])
+  wh = np.round(np.abs(wh)) + 10
+  xyxy = np.concatenate([np.zeros_like(wh), wh - 1], 1)
+  t = templates.cluster_templates(xyxy, num_templates=3, seed=0)
+  got = np_cost(wh, t.wh)
+  uniq = np.unique(wh, axis=0)
+  best = min(np_cost(wh, uniq[list(c)]) for c in itertools.combinations(range(len(uniq)), 3))
+  assert got <= best + 1e-9
+  assert np.all(np.diff(t.wh[:, 0] * t.wh[:, 1]) <= 0)  # sorted by area, largest first
+
+
+def test_cluster_filters_and_subsamples_deterministically():
+  rng = np.random.default_rng(4)
+  wh = np.round(rng.uniform(2, 300, (3000, 2)))
+  xyxy = np.concatenate([np.zeros_like(wh), wh - 1], 1)
+  a = templates.cluster_templates(xyxy, num_templates=8, max_boxes=1000, seed=1)
+  b = templates.cluster_templates(xyxy, num_templates=8, max_boxes=1000, seed=1)
+  np.testing.assert_array_equal(a.boxes, b.boxes)
+  assert np.all(a.wh >= 10)
+  with pytest.raises(ValueError, match="fewer than"):
+    templates.cluster_templates(xyxy[:3], num_templates=8)
