@@ -1,0 +1,91 @@
+"""Plain-numpy, loop-based statement of the NMS semantics of `tinyfaces_jax.detection.nms`.
+
+Written like py_cpu_nms (RetinaFace `utils/nms/py_cpu_nms.py`), in float32 with the same
+arithmetic order, but with the documented tie rule (stable order: lower index first) and
+the score threshold / pre-top-k / max_output steps of RetinaFace `detect.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def iou_one_to_many(box, others, pixel_offset=0.0):
+  """box [4], others [M, 4] -> [M] float32 IoU, same formula as box_ops.pairwise_iou."""
+  box = np.asarray(box, np.float32)
+  others = np.asarray(others, np.float32)
+  off = np.float32(pixel_offset)
+
+  def area(b):
+    w = np.maximum(b[..., 2] - b[..., 0] + off, np.float32(0))
+    h = np.maximum(b[..., 3] - b[..., 1] + off, np.float32(0))
+    return w * h
+
+  xx1 = np.maximum(box[0], others[:, 0])
+  yy1 = np.maximum(box[1], others[:, 1])
+  xx2 = np.minimum(box[2], others[:, 2])
+  yy2 = np.minimum(box[3], others[:, 3])
+  w = np.maximum(xx2 - xx1 + off, np.float32(0))
+  h = np.maximum(yy2 - yy1 + off, np.float32(0))
+  inter = w * h
+  union = area(box) + area(others) - inter
+  out = np.zeros(len(others), np.float32)
+  for m in range(len(others)):
+    if union[m] > 0:
+      out[m] = inter[m] / union[m]
+  return out
+
+
+def nms_ref(boxes, scores, iou_threshold, max_output, score_threshold=None,
+            pre_nms_top_k=None, pixel_offset=0.0, valid=None):
+  """Returns the list of kept indices (at most max_output), in output order."""
+  boxes = np.asarray(boxes, np.float32)
+  scores = np.asarray(scores, np.float32)
+  n = len(scores)
+  cand = []
+  for i in range(n):
+    if valid is not None and not valid[i]:
+      continue
+    if np.isnan(scores[i]):
+      continue
+    if score_threshold is not None and not scores[i] > np.float32(score_threshold):
+      continue
+    cand.append(i)
+  # Stable descending sort: by (-score, index).
+  cand.sort(key=lambda i: (-float(scores[i]), i))
+  if pre_nms_top_k is not None:
+    cand = cand[:pre_nms_top_k]
+  keep = []
+  order = list(cand)
+  thr = np.float32(iou_threshold)
+  while order and len(keep) < max_output:
+    i = order[0]
+    keep.append(i)
+    rest = order[1:]
+    if not rest:
+      break
+    ovr = iou_one_to_many(boxes[i], boxes[rest], pixel_offset)
+    order = [j for j, o in zip(rest, ovr) if not o > thr]
+  return keep
+
+
+def py_cpu_nms(dets, thresh):
+  """RetinaFace's py_cpu_nms as published (float32 dets [N, 5], +1 areas), for comparison."""
+  x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
+  areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+  order = scores.argsort()[::-1]
+  keep = []
+  while order.size > 0:
+    i = order[0]
+    keep.append(i)
+    xx1 = np.maximum(x1[i], x1[order[1:]])
+    yy1 = np.maximum(y1[i], y1[order[1:]])
+    xx2 = np.minimum(x2[i], x2[order[1:]])
+    yy2 = np.minimum(y2[i], y2[order[1:]])
+    w = np.maximum(0.0, xx2 - xx1 + 1)
+    h = np.maximum(0.0, yy2 - yy1 + 1)
+    inter = w * h
+    ovr = inter / (areas[i] + areas[order[1:]] - inter)
+    inds = np.where(ovr <= thresh)[0]
+    order = order[inds + 1]
+  return keep
