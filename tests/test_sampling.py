@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from hypothesis import given, settings, HealthCheck, strategies as st
 
+from tinyfaces_jax.detection import sampling
 from tinyfaces_jax.detection.sampling import (
     batched_hard_negative_mask, batched_tiny_faces_sample_mask, batched_top_fraction_mask,
     descending_rank, hard_negative_mask, num_hard_negatives, tiny_faces_sample_mask,
@@ -199,3 +200,16 @@ def test_batched_top_fraction_mask():
   got = np.asarray(jax.jit(batched_top_fraction_mask)(losses, valid))
   for i in range(3):
     np.testing.assert_array_equal(got[i], top_fraction_mask_ref(losses[i], valid[i]))
+
+
+def test_top_k_mask_equals_rank_mask_with_ties_nan_and_signed_zero():
+  rng = np.random.default_rng(11)
+  for trial in range(20):
+    n = int(rng.integers(1, 300))
+    v = rng.choice(np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan, 3e-39, -3e-39]),
+                   n).astype(np.float32) if trial % 2 else rng.normal(size=n).astype(np.float32)
+    mask = rng.uniform(size=n) < 0.7
+    for k in [0, 1, int(rng.integers(0, n + 1)), n, n + 5]:
+      want = mask & (np.asarray(sampling.descending_rank(v, mask)) < k)
+      got = np.asarray(jax.jit(sampling.top_k_mask)(v, mask, k))
+      np.testing.assert_array_equal(got, want, err_msg=f"trial {trial} k {k}")

@@ -46,9 +46,43 @@ def descending_rank(values, mask) -> Array:
   n = values.shape[0]
   iota = jnp.arange(n, dtype=jnp.int32)
   # + 0.0 makes -0.0 and +0.0 tie; NaN values are pushed behind every real value.
-  key = jnp.where(mask & ~jnp.isnan(values), -values, jnp.inf) + 0.0
-  _, _, order = lax.sort(((~mask).astype(jnp.int32), key, iota), num_keys=3)
+  nan = jnp.isnan(values)
+  key = jnp.where(mask & ~nan, -values, jnp.inf) + 0.0
+  _, _, _, order = lax.sort(((~mask).astype(jnp.int32), nan.astype(jnp.int32), key, iota),
+                            num_keys=4)
   return jnp.zeros((n,), jnp.int32).at[order].set(iota)
+
+
+def _ordered_bits(values) -> Array:
+  """[N] float32 -> [N] uint32 keys with the same order (NaN lowest, -0.0 == +0.0)."""
+  v = jnp.asarray(values, jnp.float32)
+  v = jnp.where(v == 0, 0.0, v)
+  bits = lax.bitcast_convert_type(v, jnp.int32)
+  ordered = bits ^ ((bits >> 31) & jnp.int32(0x7FFFFFFF))          # monotone signed int32
+  ukey = lax.bitcast_convert_type(ordered, jnp.uint32) ^ jnp.uint32(0x80000000)
+  return jnp.where(jnp.isnan(v), jnp.uint32(0), ukey)
+
+
+def top_k_mask(values, mask, k) -> Array:
+  """The k largest masked-in values, exactly `mask & (descending_rank(values, mask) < k)`.
+
+  values [N] float, mask [N] bool, k scalar int (may be traced, any value) -> [N] bool.
+  A radix select instead of a sort: 32 bisection steps over the order-preserving uint32 image
+  of the floats find the k-th largest key t (each step one compare + count over N), then all
+  keys > t are kept and the keys == t by lowest index (a cumsum) until k are kept. O(32 N)
+  vectorised work and no sort, several times faster than argsort-of-argsort on CPU.
+  """
+  mask = jnp.asarray(mask, bool)
+  ukey = _ordered_bits(values)
+  k = jnp.asarray(k, jnp.int32)
+  t = jnp.uint32(0)
+  for bit in range(31, -1, -1):                       # static 32 steps over the bits
+    cand = t | jnp.uint32(1 << bit)
+    t = jnp.where(jnp.sum(mask & (ukey >= cand), dtype=jnp.int32) >= k, cand, t)
+  greater = mask & (ukey > t)
+  equal = mask & (ukey == t)
+  room = k - jnp.sum(greater, dtype=jnp.int32)
+  return greater | (equal & (jnp.cumsum(equal, dtype=jnp.int32) <= room))
 
 
 # ------------------------------------------------------------------ SSD hard negatives ---
@@ -89,7 +123,7 @@ def hard_negative_mask(losses, labels, neg_pos_ratio, *, min_negatives: int = 0)
   labels = jnp.asarray(labels, jnp.int32)
   neg = labels == 0
   k = num_hard_negatives(labels, neg_pos_ratio, min_negatives=min_negatives)
-  return neg & (descending_rank(losses, neg) < k)
+  return top_k_mask(losses, neg, k)
 
 
 def batched_hard_negative_mask(losses, labels, neg_pos_ratio, *,
@@ -183,7 +217,7 @@ def top_fraction_mask(losses, valid, fraction: float = 0.7) -> Array:
   """
   valid = jnp.asarray(valid, bool)
   k = top_fraction_count(valid, fraction)
-  return valid & (descending_rank(losses, valid) < k)
+  return top_k_mask(losses, valid, k)
 
 
 def top_fraction_mean(losses, valid, fraction: float = 0.7) -> Array:

@@ -31,13 +31,13 @@ Deviations: the reference adds 1e-6 * rand noise to the IoUs to break ties at ra
 MATLAB's max scans column-major (y fastest, then x, then t); here ties go to the lowest
 index of the flattened row-major (y, x, t) order and IoUs are exact. The flip of the padding
 mask (`fliplr(pad_viomasks)`) is the caller's business: pass the valid region of the flipped
-crop. Memory: chunked over locations like `matching.chunked_overlaps`.
+crop. Memory: O(H * W * T + M) per image, via `matching.face_loop_overlaps`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ def crosses_padding(boxes, valid_region) -> Array:
 
 def label_templates(templates, gt_boxes, gt_mask, valid_region, *, out_size: Sequence[int],
                     stride: float = 8.0, offset: float = -1.0, pos_iou: float = 0.7,
-                    neg_iou: float = 0.3, location_chunk: Optional[int] = None) -> Match:
+                    neg_iou: float = 0.3, unroll: int = 4) -> Match:
   """Tiny Faces training labels of one image (see the module docstring for the rules).
 
   Args:
@@ -80,7 +80,7 @@ def label_templates(templates, gt_boxes, gt_mask, valid_region, *, out_size: Seq
     valid_region: [4] xyxy inclusive box of the crop holding real pixels.
     out_size: static (H, W) of the score map.
     stride, offset: cell (y, x) centre = (offset + stride * x, offset + stride * y).
-    location_chunk: locations per scan step (static); default keeps chunk * T * M <= 2**20.
+    unroll: static unrolling of the loop over faces (results do not depend on it).
 
   Returns:
     Match with [H, W, T] labels / matched_gt / max_iou.
@@ -88,14 +88,8 @@ def label_templates(templates, gt_boxes, gt_mask, valid_region, *, out_size: Seq
   boxes = template_grid(templates, out_size, stride=stride, offset=offset)     # [H, W, T, 4]
   h, w, t = boxes.shape[:3]
   gt, valid = matching.prepare_gt(gt_boxes, gt_mask)
-  m = gt.shape[0]
-  if location_chunk is None:
-    chunk = matching.auto_chunk(h * w * t, m)
-    chunk = max(t, (chunk // t) * t)
-  else:
-    chunk = int(location_chunk) * t
   flat = boxes.reshape(-1, 4)
-  ov = matching.chunked_overlaps(flat, gt, valid, chunk=chunk, pixel_offset=1.0)
+  ov = matching.face_loop_overlaps(flat, gt, valid, pixel_offset=1.0, unroll=unroll)
   forced_face = valid & (ov.face_max > neg_iou)
   forced = jnp.zeros((flat.shape[0],), bool).at[ov.face_arg].max(forced_face)
   labels = jnp.where(ov.box_max < neg_iou, NEGATIVE, IGNORE)
