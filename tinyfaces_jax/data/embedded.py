@@ -1,0 +1,383 @@
+"""The embedded default dataset: WIDER-FACE-format images built from photos pip packages ship.
+
+A fresh machine builds it with no download beyond the pip requirements, in the official WIDER
+FACE release layout, so the reader of real WIDER serves it unchanged:
+
+  <root>/WIDER_train/images/<event>/<name>.jpg      <root>/WIDER_val/images/<event>/<name>.jpg
+  <root>/wider_face_split/wider_face_train_bbx_gt.txt   (and wider_face_val_bbx_gt.txt)
+  <root>/embedded_manifest.json, <root>/README.md      (how it was made, counts, histogram)
+
+How it is made (per image, from its own RNG seeded by (seed, split, index), so image i is the
+same whatever the counts):
+  1. Background: a random crop (35-100% of the side, flipped, colour-jittered) of one package
+     photo, or a 2-4 tile mosaic of them (see `face_sources.BACKGROUND_FILES`). Photos with a
+     real face (astronaut, cameraman, Grace Hopper) keep it, hand-annotated; crops that would
+     cut a real face are re-drawn. Gray photos make a gray scene (plus 5% of colour ones).
+  2. Face count from WIDER-like proportions (5% zero, 30% one, median 3, 13% >= 20, cap 50)
+     and face heights i.i.d. from the WIDER val height histogram (`HEIGHT_BINS`), truncated to
+     what fits the image and the crowd; widths = height x U(0.62, 1.0) (WIDER's w/h p10-p90).
+  3. Layout: non-overlapping (<= 10% of the smaller box) rejection sampling; in groups and
+     crowds smaller faces go higher (perspective); pasted far (small) to near (large) so near
+     faces may occlude far ones (flagged `occlusion=1`).
+  4. Faces: LFW crops (scikit-image's 100 `lfw_subset` faces, 25x25 gray) tinted with one of
+     ten skin tones, or, mostly for large faces, the real photos' faces with context;
+     blended by `blending.paste` (feathered elliptical mask, luminance/colour matched to the
+     background, blur and noise matched to the scale). Unlabelled distractors (LFW non-face
+     patches, photo patches) get the same blending, so a blended edge is not a face cue.
+  5. Whole-image sensor noise, sometimes a slight blur, JPEG quality 75-95.
+
+Sources and licences: scikit-image data (BSD-3 code; astronaut/rocket/hubble NASA public domain,
+coffee/chelsea/textures CC0, LFW research release, others per skimage/data/README.txt) and,
+when installed, matplotlib's grace_hopper.jpg (US Navy, public domain). See `face_sources`.
+
+Scale distribution: `HEIGHT_BINS` are the face-height proportions of WIDER FACE val
+(wider_face_val_bbx_gt.txt, 39,112 valid faces, invalid=1 dropped), hard-coded: 8% < 8 px,
+39% < 16 px, 72% < 48 px, median 20 px, 4.9% >= 128 px, 0.7% >= 384 px. Heights are absolute
+pixels, so the tail is cut to the image (0.85 x its short side) and crowded images lose their
+largest faces; the realised histogram (in the manifest; default build) matches WIDER within
+1 point per bin up to 150 px: 40% < 16 px, 72% < 48 px, 2% > 150 px (WIDER 4%), max ~420.
+
+Bytes are reproducible for the same seed, parameters and package versions (numpy, Pillow,
+scikit-image, matplotlib): recorded in the manifest, whose `params` make `build_embedded_wider`
+idempotent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+from PIL import Image
+
+from tinyfaces_jax.data import blending, face_sources
+
+GENERATOR_VERSION = 1
+MANIFEST = "embedded_manifest.json"
+SPLITS = (("train", "WIDER_train", 0), ("val", "WIDER_val", 1))
+EVENTS = ("0--Crowd", "1--Group", "2--Few_People", "3--No_Face", "4--Real_Photo")
+REPORT_EDGES = (0, 8, 12, 16, 24, 32, 48, 64, 96, 128, 150, 192, 256, 384, 100000)
+
+
+# WIDER FACE val face heights (valid faces of wider_face_val_bbx_gt.txt, invalid=1 dropped;
+# np.histogram of the `h` column over these edges, 39,112 faces; first bin was 0-8 px).
+HEIGHT_EDGES = (6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+HEIGHT_PROBS = (0.0805, 0.1661, 0.1437, 0.1755, 0.1104, 0.1258, 0.0673, 0.0566, 0.0250,
+                0.0242, 0.0100, 0.0082, 0.0066)
+# Faces per image: WIDER val has 35% one-face images, median 3, p75 9, p90 24, p95 43 (max
+# 709); capped at 50 here, with 5% empty images (WIDER train has a few).
+COUNT_BINS = ((0, 0, 0.05), (1, 1, 0.30), (2, 2, 0.12), (3, 3, 0.07), (4, 5, 0.10),
+              (6, 9, 0.11), (10, 19, 0.12), (20, 34, 0.08), (35, 50, 0.05))
+ASPECT_RANGE = (0.72, 0.98)  # w/h of pasted LFW faces (WIDER: median 0.79, p10-p90 0.62-1.0)
+
+
+def wider_reference(edges) -> list:
+  """WIDER val height fractions re-binned on `edges` (log-uniform within the source bins)."""
+  out = []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    total = 0.0
+    for (a, b), p in zip(zip(HEIGHT_EDGES[:-1], HEIGHT_EDGES[1:]), HEIGHT_PROBS):
+      x1, x2 = max(lo, a), min(hi, b)
+      if x2 > x1:
+        total += p * np.log(x2 / x1) / np.log(b / a)
+    out.append(round(float(total), 4))
+  return out
+
+
+def sample_image_size(rng, image_size) -> tuple:
+  """(width, height): long side in [0.75 max, max], aspect 1, 4/3, 3/2 or 16/9, 75% landscape."""
+  lo, hi = int(image_size[0]), int(image_size[1])
+  long_side = int(rng.integers(max(lo, int(0.75 * hi)), hi + 1))
+  aspect = (1.0, 4 / 3, 3 / 2, 16 / 9)[int(rng.integers(4))]
+  short_side = max(lo, int(round(long_side / aspect)))
+  return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
+
+
+def sample_face_count(rng) -> int:
+  """Number of faces in an image from `COUNT_BINS`."""
+  probs = np.array([p for _, _, p in COUNT_BINS])
+  lo, hi, _ = COUNT_BINS[int(rng.choice(len(COUNT_BINS), p=probs / probs.sum()))]
+  return int(rng.integers(lo, hi + 1))
+
+
+def sample_heights(rng, count: int, width: int, height: int) -> list:
+  """Face heights from the WIDER histogram, truncated to fit the image and the crowd."""
+  cap = min(0.85 * min(width, height), 1.6 * np.sqrt(width * height / max(count, 1)))
+  lows, highs = np.array(HEIGHT_EDGES[:-1], float), np.array(HEIGHT_EDGES[1:], float)
+  tops = np.minimum(highs, cap)
+  keep = np.where(tops > lows, np.log(np.maximum(tops, lows) / lows) / np.log(highs / lows), 0)
+  probs = np.array(HEIGHT_PROBS) * keep
+  out = []
+  for _ in range(count):
+    k = int(rng.choice(len(probs), p=probs / probs.sum()))
+    out.append(int(np.exp(rng.uniform(np.log(lows[k]), np.log(tops[k])))))
+  return out
+
+
+def _fits(box, boxes, limit: float = 0.1) -> bool:
+  """Whether `box` overlaps each of `boxes` by at most `limit` of the smaller one's area."""
+  x1, y1, x2, y2 = box
+  area = (x2 - x1) * (y2 - y1)
+  for bx1, by1, bx2, by2 in boxes:
+    iw, ih = min(x2, bx2) - max(x1, bx1), min(y2, by2) - max(y1, by1)
+    if iw > 0 and ih > 0 and iw * ih > limit * min(area, (bx2 - bx1) * (by2 - by1)):
+      return False
+  return True
+
+
+def layout(rng, sizes, width: int, height: int, taken) -> list:
+  """Places (w, h) boxes without heavy overlap -> [(x1, y1, x2, y2)] (unplaceable ones dropped).
+
+  In images with 8+ faces the smaller faces are drawn nearer the top (crowd perspective).
+  """
+  placed, boxes = [], list(taken)
+  order = sorted(range(len(sizes)), key=lambda i: sizes[i][1])
+  rank = {i: r for r, i in enumerate(order)}
+  for i in reversed(order):  # largest first: easiest to place early
+    w, h = sizes[i]
+    for attempt in range(40):
+      if len(sizes) >= 8 and attempt < 25:
+        mu = (0.15 + 0.7 * rank[i] / (len(sizes) - 1)) * height
+        cy = rng.normal(mu, 0.12 * height)
+        y1 = int(np.clip(cy - h / 2, 0, height - h))
+      else:
+        y1 = int(rng.integers(0, height - h + 1))
+      x1 = int(rng.integers(0, width - w + 1))
+      box = (x1, y1, x1 + w, y1 + h)
+      if _fits(box, boxes):
+        placed.append(box)
+        boxes.append(box)
+        break
+  return placed
+
+
+def mark_occlusion(faces) -> None:
+  """Sets occlusion=1 on faces whose box meets a later-pasted face's mask (1.2x its box)."""
+  for i, face in enumerate(faces):
+    x1, y1, x2, y2 = face["xyxy"]
+    for later in faces[i + 1:]:
+      bx1, by1, bx2, by2 = later["xyxy"]
+      mx, my = 0.1 * (bx2 - bx1), 0.1 * (by2 - by1)
+      if x1 < bx2 + mx and bx1 - mx < x2 and y1 < by2 + my and by1 - my < y2:
+        face["occlusion"] = 1
+        break
+
+
+def _event(num_faces: int, has_real: bool) -> str:
+  if has_real:
+    return EVENTS[4]
+  if num_faces == 0:
+    return EVENTS[3]
+  return EVENTS[0] if num_faces >= 15 else EVENTS[1] if num_faces >= 4 else EVENTS[2]
+
+
+def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
+  """Renders one image -> (uint8 [H, W, 3] array, JPEG quality, faces, event).
+
+  `faces` is a list of dicts with integer `box` (x1, y1, w, h) and WIDER attributes.
+  """
+  rng = np.random.default_rng([int(seed), int(split_code), int(index)])
+  width, height = sample_image_size(rng, image_size)
+  num_faces = sample_face_count(rng)
+  canvas, gray_scene, real_faces = face_sources.background(rng, width, height,
+                                                           allow_real=num_faces > 0)
+  heights = sample_heights(rng, max(0, num_faces - len(real_faces)), width, height)
+  crops = face_sources.face_crops()
+  lfw = [c for c in crops if c.name.startswith("lfw:")]
+  real = [c for c in crops if not c.name.startswith("lfw:")]
+  chosen, sizes = [], []
+  for h in heights:
+    use_real = bool(real) and rng.random() < (0.35 if h > 64 else 0.06)
+    crop = real[rng.integers(len(real))] if use_real else lfw[rng.integers(len(lfw))]
+    bw, bh = crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]
+    aspect = bw / bh * rng.uniform(0.85, 1.0) if use_real else rng.uniform(*ASPECT_RANGE)
+    chosen.append(crop)
+    sizes.append((max(2, min(width, int(round(h * aspect)))), h))
+  boxes = layout(rng, sizes, width, height, [f["xyxy"] for f in real_faces])
+  by_size = {}
+  for crop, size in zip(chosen, sizes):
+    by_size.setdefault(size, []).append(crop)
+  faces = [dict(f) for f in real_faces]
+  for x1, y1, x2, y2 in sorted(boxes, key=lambda b: (b[3] - b[1], b[1], b[0])):
+    crop = by_size[(x2 - x1, y2 - y1)].pop()
+    h = y2 - y1
+    is_real = not crop.name.startswith("lfw:")
+    patch = blending.prepare_face(crop, rng, gray_scene=gray_scene)
+    patch_box = crop.box
+    if rng.random() < 0.5:
+      patch = patch[:, ::-1]
+      patch_box = (patch.shape[1] - crop.box[2], crop.box[1],
+                   patch.shape[1] - crop.box[0], crop.box[3])
+    scale = 1.2 if is_real else 1.06
+    blending.paste(canvas, patch, patch_box, (x1, y1, x2, y2), rng, ellipse_scale=(scale, scale),
+                   feather=0.3 if is_real else float(rng.uniform(0.2, 0.35)))
+    upscale = 0.0 if is_real else h / 25.0
+    blur = 2 if h < 16 or upscale > 4 else 1 if h < 40 or upscale > 2 else 0
+    pose = 1 if crop.name.startswith("skimage:camera") else 0
+    faces.append({"xyxy": (x1, y1, x2, y2), "blur": blur, "pose": pose, "real": False})
+  blending.add_distractors(rng, canvas, [f["xyxy"] for f in faces], gray_scene)
+  mark_occlusion(faces)
+  image, quality = blending.finish(rng, canvas, gray_scene)
+  out = []
+  for f in faces:
+    x1, y1, x2, y2 = f["xyxy"]
+    out.append({"box": (x1, y1, x2 - x1, y2 - y1), "blur": f["blur"], "expression": 0,
+                "illumination": 0, "invalid": 0, "occlusion": f.get("occlusion", 0),
+                "pose": f["pose"]})
+  return image, quality, out, _event(len(out), any(f.get("real") for f in faces))
+
+
+def _render_job(args):
+  """Pool worker: renders and encodes one image -> (relative name, jpeg bytes, faces)."""
+  seed, split_code, split, index, image_size = args
+  image, quality, faces, event = render_image(seed, split_code, index, image_size)
+  eid, ename = event.split("--")
+  name = f"{event}/{eid}_{ename}_{split}_{index}.jpg"
+  buffer = io.BytesIO()
+  Image.fromarray(image, "RGB").save(buffer, "JPEG", quality=quality)
+  return name, buffer.getvalue(), faces, image.shape[:2]
+
+
+def format_annotations(entries) -> str:
+  """WIDER gt text for [(name, faces)]; a 0-face image gets `0` and one dummy line."""
+  lines = []
+  for name, faces in entries:
+    lines += [name, str(len(faces))]
+    if not faces:
+      lines.append("0 0 0 0 0 0 0 0 0 0")
+    for f in faces:
+      x, y, w, h = f["box"]
+      lines.append(f"{x} {y} {w} {h} {f['blur']} {f['expression']} {f['illumination']} "
+                   f"{f['invalid']} {f['occlusion']} {f['pose']}")
+  return "\n".join(lines) + "\n"
+
+
+def _histogram(heights) -> dict:
+  counts, _ = np.histogram(np.asarray(heights, np.float64), REPORT_EDGES)
+  total = max(1, int(counts.sum()))
+  return {"edges_px": list(REPORT_EDGES), "counts": [int(c) for c in counts],
+          "fractions": [round(int(c) / total, 4) for c in counts]}
+
+
+def _params(num_train, num_val, seed, image_size) -> dict:
+  return {"generator_version": GENERATOR_VERSION, "num_train": int(num_train),
+          "num_val": int(num_val), "seed": int(seed), "image_size": [int(v) for v in image_size],
+          "sources": list(face_sources.available_backgrounds()) + ["skimage:lfw_subset.npy"],
+          "package_versions": face_sources.package_versions()}
+
+
+def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed: int = 0,
+                         image_size=(320, 640), workers: int | None = None,
+                         force: bool = False) -> pathlib.Path:
+  """Builds the embedded WIDER-format dataset under `root` (idempotent) and returns `root`.
+
+  Args:
+    root: output folder (created).
+    num_train / num_val: number of images per split.
+    seed: generator seed; same seed + params + package versions give the same bytes.
+    image_size: (min, max) image side in pixels; the long side is drawn in [0.75 max, max].
+    workers: processes (default 1; >1 uses a `spawn` pool, so a calling script needs an
+      `if __name__ == "__main__"` guard); the output does not depend on it.
+    force: rebuild even if a manifest with the same parameters exists.
+  """
+  root = pathlib.Path(root)
+  params = _params(num_train, num_val, seed, image_size)
+  manifest_path = root / MANIFEST
+  if not force and manifest_path.is_file():
+    try:
+      if json.loads(manifest_path.read_text())["params"] == params:
+        return root
+    except (ValueError, KeyError):
+      pass
+  start = time.time()
+  for _, folder, _ in SPLITS:
+    shutil.rmtree(root / folder, ignore_errors=True)
+  (root / "wider_face_split").mkdir(parents=True, exist_ok=True)
+  if manifest_path.exists():
+    manifest_path.unlink()
+  workers = max(1, int(workers or 1))
+  summary = {}
+  all_heights = []
+  for split, folder, code in SPLITS:
+    count = num_train if split == "train" else num_val
+    jobs = [(seed, code, split, i, tuple(image_size)) for i in range(count)]
+    if workers > 1 and count > 8:
+      import multiprocessing
+      with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = pool.map(_render_job, jobs, chunksize=8)
+    else:
+      results = [_render_job(j) for j in jobs]
+    entries, heights, per_event = [], [], {}
+    for name, data, faces, _ in results:
+      path = root / folder / "images" / name
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_bytes(data)
+      entries.append((name, faces))
+      heights += [f["box"][3] for f in faces]
+      event = name.split("/")[0]
+      per_event[event] = per_event.get(event, 0) + 1
+    (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").write_text(
+        format_annotations(entries))
+    all_heights += heights
+    counts = [len(f) for _, f in entries]
+    summary[split] = {"images": count, "faces": len(heights),
+                      "zero_face_images": int(sum(c == 0 for c in counts)),
+                      "max_faces_per_image": int(max(counts, default=0)),
+                      "images_per_event": dict(sorted(per_event.items())),
+                      "height_histogram": _histogram(heights)}
+  manifest = {"params": params, "splits": summary,
+              "height_histogram_all": _histogram(all_heights),
+              "wider_val_reference_fractions": wider_reference(REPORT_EDGES),
+              "build_seconds": round(time.time() - start, 1)}
+  (root / "README.md").write_text(_readme(manifest))
+  manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+  return root
+
+
+def _readme(manifest) -> str:
+  """Human-readable summary written next to the manifest."""
+  lines = ["# Embedded WIDER-format face dataset (synthetic composites of real photos)", "",
+           "Built by `tinyfaces_jax.data.embedded` (see its docstring for the method and the "
+           "sources' licences) with:", "", "```",
+           json.dumps(manifest["params"], indent=1, sort_keys=True), "```", ""]
+  for split, s in manifest["splits"].items():
+    lines.append(f"- {split}: {s['images']} images, {s['faces']} faces, "
+                 f"{s['zero_face_images']} without faces, up to {s['max_faces_per_image']} "
+                 f"per image; events {s['images_per_event']}")
+  hist = manifest["height_histogram_all"]
+  ref = manifest["wider_val_reference_fractions"]
+  lines += ["", "| face height (px) | fraction | WIDER val |", "| --- | --- | --- |"]
+  for k, frac in enumerate(hist["fractions"]):
+    lines.append(f"| {hist['edges_px'][k]}-{hist['edges_px'][k + 1]} | {frac} | {ref[k]} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+  """CLI: python -m tinyfaces_jax.data.embedded --out DIR [--num-train N ...]."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--num-train", type=int, default=600)
+  parser.add_argument("--num-val", type=int, default=150)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--min-size", type=int, default=320)
+  parser.add_argument("--max-size", type=int, default=640)
+  parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+  parser.add_argument("--force", action="store_true")
+  args = parser.parse_args(argv)
+  start = time.time()
+  root = build_embedded_wider(args.out, num_train=args.num_train, num_val=args.num_val,
+                              seed=args.seed, image_size=(args.min_size, args.max_size),
+                              workers=args.workers, force=args.force)
+  manifest = json.loads((root / MANIFEST).read_text())
+  print(f"{root}: " + ", ".join(f"{k} {v['images']} images / {v['faces']} faces"
+                                for k, v in manifest["splits"].items())
+        + f" ({time.time() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+  main()
