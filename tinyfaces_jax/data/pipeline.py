@@ -1,0 +1,196 @@
+"""tf.data input pipelines: per-host train batches with fixed shapes, and exact-once eval.
+
+Train (`train_dataset`): this host's share of the split (`tfds.split_for_jax_process`),
+file + example shuffling, repeat, decode, a per-detector augmentation `transform(example, seed)`
+(see transforms.py) with a stateless per-example seed, faces padded to `max_boxes` with a
+`box_mask` (faces beyond the cap are dropped and counted per example in `num_dropped`), batches
+of the host-local size with `drop_remainder`, prefetch. Every batch has static shapes:
+  image [b, S, S, 3] float32, boxes [b, M, 4] xyxy, box_mask [b, M] bool,
+  landmarks [b, M, 5, 2], landmarks_present [b, M] bool, valid_region [b, 4],
+  num_faces [b] int32 (trainable faces before the cap), num_dropped [b] int32.
+
+Eval (`eval_dataset`): every image of this host's share exactly once; images optionally scaled
+(`scale_fn`) and padded bottom/right to a size bucket (multiples of `bucket`, so one compile
+per bucket, not per image), batched within a bucket; the last batch of a bucket is padded with
+`valid=False` rows. Carries what maps boxes back to original pixels:
+  image [b, Hb, Wb, 3] float32, image_hw [b, 2] int32 (the scaled image inside the padding),
+  orig_hw [b, 2] int32, scale [b] float32 (scaled / original), valid [b] bool,
+  filename [b] string, boxes [b, M, 4] original-pixel ground truth, box_mask [b, M].
+
+Example features are those of the TFDS builder in wider_face.py.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+Transform = Callable[[dict, tf.Tensor], dict]
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def hide_gpus_from_tf() -> None:
+  """tf.data must not grab accelerator memory that JAX owns."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):  # already initialised, or no such device type
+    pass
+
+
+def decode_example(ex: dict) -> dict:
+  """TFDS example -> the transform contract: image uint8 [H, W, 3], boxes [N, 4] xyxy,
+  trainable [N], landmarks [N, 5, 2], landmarks_present [N], filename []."""
+  faces = ex["faces"]
+  image = ex["image"]
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  return {"image": image, "boxes": tf.cast(faces["bbox"], tf.float32),
+          "trainable": faces["trainable"], "landmarks": tf.cast(faces["landmarks"], tf.float32),
+          "landmarks_present": faces["landmarks_present"],
+          "filename": ex["image/filename"]}
+
+
+def pad_faces(ex: dict, max_boxes: int) -> dict:
+  """Keeps the trainable faces, pads/caps them to `max_boxes` slots with a mask.
+
+  Non-trainable faces (w or h <= 0) never reach the model. When more than `max_boxes`
+  trainable faces remain, the first `max_boxes` are kept and the rest counted in
+  `num_dropped` (the pipeline's caller logs the total).
+  """
+  keep = ex["trainable"]
+  boxes = tf.boolean_mask(ex["boxes"], keep)
+  lms = tf.boolean_mask(ex["landmarks"], keep)
+  lm_ok = tf.boolean_mask(ex["landmarks_present"], keep)
+  n = tf.shape(boxes)[0]
+  kept = tf.minimum(n, max_boxes)
+  pad = max_boxes - kept
+  out = {k: v for k, v in ex.items()
+         if k not in ("boxes", "trainable", "landmarks", "landmarks_present", "filename")}
+  out["boxes"] = tf.pad(boxes[:kept], [[0, pad], [0, 0]])
+  out["box_mask"] = tf.range(max_boxes) < kept
+  out["landmarks"] = tf.pad(lms[:kept], [[0, pad], [0, 0], [0, 0]], constant_values=-1.0)
+  out["landmarks_present"] = tf.pad(lm_ok[:kept], [[0, pad]])
+  out["num_faces"] = tf.cast(n, tf.int32)
+  out["num_dropped"] = tf.cast(n - kept, tf.int32)
+  for k, shape in (("boxes", [max_boxes, 4]), ("box_mask", [max_boxes]),
+                   ("landmarks", [max_boxes, 5, 2]), ("landmarks_present", [max_boxes])):
+    out[k] = tf.ensure_shape(out[k], shape)
+  return out
+
+
+def host_split(split: str, process_index: Optional[int] = None,
+               process_count: Optional[int] = None) -> str:
+  """This host's share of a TFDS split (`tfds.split_for_jax_process` without needing jax)."""
+  import tensorflow_datasets as tfds
+  if process_index is None or process_count is None:
+    return tfds.split_for_jax_process(split)
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)[process_index]
+
+
+def train_dataset(builder, split: str, *, batch_size: int, transform: Transform,
+                  max_boxes: int, seed: int = 0, shuffle_buffer: int = 1024,
+                  process_index: Optional[int] = None, process_count: Optional[int] = None,
+                  num_epochs: Optional[int] = None) -> tf.data.Dataset:
+  """Host-local training batches (`batch_size` = this host's share of the global batch).
+
+  Args:
+    builder: a prepared TFDS builder (e.g. wider_face.WiderFace).
+    split: e.g. "train".
+    transform: `(example, seed [2] int32) -> example` with a fixed-size float32 image.
+    max_boxes: M, ground-truth slots per image.
+    seed: data order and augmentation seed; each host folds in its index.
+    process_index / process_count: override jax's (for tests); default jax.process_*().
+    num_epochs: None repeats forever.
+  """
+  hide_gpus_from_tf()
+  if process_index is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  sub = host_split(split, process_index, process_count)
+  import tensorflow_datasets as tfds
+  read_config = tfds.ReadConfig(shuffle_seed=seed + 7919 * process_index)
+  ds = builder.as_dataset(split=sub, shuffle_files=True, read_config=read_config,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.repeat(num_epochs)
+  ds = ds.shuffle(shuffle_buffer, seed=seed + 104729 * process_index)
+  ds = ds.enumerate()
+  base = tf.constant([seed, process_index], tf.int64)
+
+  def prepare(i, ex):
+    ex_seed = tf.random.experimental.stateless_fold_in(tf.cast(base, tf.int32),
+                                                       tf.cast(i, tf.int32))
+    out = transform(decode_example(ex), ex_seed)
+    return pad_faces(out, max_boxes)
+
+  ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  return ds.prefetch(AUTOTUNE)
+
+
+def _bucket_size(size: tf.Tensor, bucket: int) -> tf.Tensor:
+  return (size + bucket - 1) // bucket * bucket
+
+
+def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket: int = 128,
+                 scale_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+                 max_size: int = 4096, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None) -> tf.data.Dataset:
+  """Every image of this host's share exactly once, bucketed by padded size.
+
+  Args:
+    scale_fn: `(hw [2] int32) -> scale` float32 scalar applied before padding (e.g. the
+      RetinaFace test resize); default 1 (original size).
+    bucket: padded H and W are multiples of it (one compile per (Hb, Wb) pair).
+    max_size: error out on larger scaled images (a guard against runaway memory).
+  """
+  hide_gpus_from_tf()
+  if process_index is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  sub = host_split(split, process_index, process_count)
+  import tensorflow_datasets as tfds
+  ds = builder.as_dataset(split=sub, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+
+  def prepare(ex):
+    d = decode_example(ex)
+    img = d["image"]
+    hw = tf.shape(img)[:2]
+    scale = tf.constant(1.0) if scale_fn is None else tf.cast(scale_fn(hw), tf.float32)
+    new_hw = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * scale), tf.int32), 1)
+    tf.debugging.assert_less_equal(tf.reduce_max(new_hw), max_size,
+                                   message="eval image larger than max_size after scaling")
+    img = tf.image.resize(tf.cast(img, tf.float32), new_hw, method="bilinear", antialias=True)
+    hb, wb = _bucket_size(new_hw[0], bucket), _bucket_size(new_hw[1], bucket)
+    img = tf.pad(img, [[0, hb - new_hw[0]], [0, wb - new_hw[1]], [0, 0]])
+    n = tf.minimum(tf.shape(d["boxes"])[0], max_boxes)
+    return {"image": img, "image_hw": new_hw, "orig_hw": tf.cast(hw, tf.int32),
+            "scale": scale, "valid": tf.constant(True), "filename": d["filename"],
+            "boxes": tf.pad(d["boxes"][:n], [[0, max_boxes - n], [0, 0]]),
+            "box_mask": tf.range(max_boxes) < n, "key": hb * 100003 + wb}
+
+  ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+  def batch_window(key, window):
+    return window.padded_batch(batch_size)
+
+  ds = ds.group_by_window(lambda ex: tf.cast(ex["key"], tf.int64), batch_window,
+                          window_size=batch_size)
+  return ds.map(lambda b: _pad_batch(b, batch_size)).prefetch(AUTOTUNE)
+
+
+def _pad_batch(batch: dict, batch_size: int) -> dict:
+  """Pads the leading dim of every field to batch_size; padded rows have valid=False."""
+  n = tf.shape(batch["valid"])[0]
+  out = {}
+  for k, v in batch.items():
+    if k == "key":
+      continue
+    pad = [[0, batch_size - n]] + [[0, 0]] * (len(v.shape) - 1)
+    out[k] = tf.pad(v, pad)
+  return out
