@@ -124,3 +124,17 @@ def test_host_to_global_on_mesh():
     assert isinstance(dev["image"], jax.Array) and dev["image"].shape == (16, 4, 4, 3)
     assert len(dev["image"].sharding.device_set) == 8
     assert float(dev["image"][0, 0, 0, 0]) == i and host["filename"].shape == (16,)
+
+
+@pytest.mark.parametrize("recipe,size", [("tiny_faces", 96), ("retinaface", 64)])
+def test_train_with_real_recipes(release, recipe, size):
+  from tinyfaces_jax.data import recipes
+  builder, _ = release
+  ds = pipeline.train_dataset(builder, "train", batch_size=2,
+                              transform=recipes.make_transform(recipe, size=size),
+                              max_boxes=8, seed=1, process_index=0, process_count=1)
+  b = next(ds.as_numpy_iterator())
+  assert b["image"].shape == (2, size, size, 3) and b["valid_region"].shape == (2, 4)
+  m = b["box_mask"]
+  assert np.all(b["boxes"][m][:, 2:] > b["boxes"][m][:, :2])
+  assert np.all(b["boxes"][m] >= -1e-3) and np.all(b["boxes"][m] <= size + 1e-3)
