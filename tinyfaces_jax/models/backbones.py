@@ -1,0 +1,167 @@
+"""RetinaFace backbones in Flax (NHWC): MobileNetV1-0.25 and ResNet-50.
+
+  * `MobileNetV1`: Pytorch_Retinaface `models/net.py` MobileNetV1 (width 0.25: channels
+    8..256). Taps {"stage1": stride 8, 64 ch; "stage2": stride 16, 128 ch; "stage3":
+    stride 32, 256 ch}. Every conv is conv (no bias) + BatchNorm + activation; the activation
+    is LeakyReLU(0.1) in the original repo and ReLU in the "1MB" retrain.
+  * `ResNet50`: torchvision layout (conv1/bn1/maxpool, layer1-4 of Bottleneck v1.5 with the
+    stride on the 3x3 conv). Taps {"C3": layer2, stride 8, 512 ch; "C4": layer3, 1024 ch;
+    "C5": layer4, 2048 ch}. Always ReLU.
+
+Every k x k conv pads k // 2 on each side as in PyTorch, so a stride-2 conv maps H to
+ceil(H / 2) and the taps of stride s have exactly ceil(H / s) x ceil(W / s) cells (the
+feature sizes of `detection.anchors.feature_sizes`).
+BatchNorm: epsilon 1e-5 and momentum 0.9 (PyTorch's 0.1); running statistics in
+`batch_stats`, used when `train=False`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = ("relu", "leaky_relu")
+
+
+def activate(x, activation: Optional[str], negative_slope: float = 0.1):
+  """Applies 'relu', 'leaky_relu' (with `negative_slope`) or nothing (None)."""
+  if activation is None:
+    return x
+  if activation == "relu":
+    return jax.nn.relu(x)
+  if activation == "leaky_relu":
+    return jnp.where(x >= 0, x, negative_slope * x)
+  raise ValueError(f"unknown activation {activation!r}; known: {ACTIVATIONS}")
+
+
+class ConvBN(nn.Module):
+  """conv (no bias, PyTorch padding k // 2) + BatchNorm + optional activation.
+
+  [B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), features].
+  """
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  groups: int = 1
+  activation: Optional[str] = None
+  negative_slope: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    p = self.kernel // 2
+    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)), feature_group_count=self.groups, use_bias=False,
+                name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     name="bn")(x)
+    return activate(x, self.activation, self.negative_slope)
+
+
+class DepthwiseSeparable(nn.Module):
+  """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw")."""
+  features: int
+  stride: int = 1
+  activation: str = "leaky_relu"
+  negative_slope: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    c = x.shape[-1]
+    x = ConvBN(c, 3, self.stride, groups=c, activation=self.activation,
+               negative_slope=self.negative_slope, name="dw")(x, train)
+    return ConvBN(self.features, 1, activation=self.activation,
+                  negative_slope=self.negative_slope, name="pw")(x, train)
+
+
+# (features, stride) per layer; the first layer of stage1 is a full 3x3 ConvBN.
+MOBILENET_025_STAGES = {
+    "stage1": ((8, 2), (16, 1), (32, 2), (32, 1), (64, 2), (64, 1)),
+    "stage2": ((128, 2),) + ((128, 1),) * 5,
+    "stage3": ((256, 2), (256, 1)),
+}
+
+
+class MobileNetV1(nn.Module):
+  """MobileNetV1-0.25 feature extractor (no classifier).
+
+  Input [B, H, W, 3] -> {"stage1": [B, H/8, W/8, 64], "stage2": [B, H/16, W/16, 128],
+  "stage3": [B, H/32, W/32, 256]} (sizes rounded up). Layer i of stage s is named
+  f"{s}_{i}" (PyTorch `stage{s}.{i}`).
+  """
+  activation: str = "leaky_relu"
+  negative_slope: float = 0.1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    taps = {}
+    for stage, layers in MOBILENET_025_STAGES.items():
+      for i, (features, stride) in enumerate(layers):
+        name = f"{stage}_{i}"
+        if stage == "stage1" and i == 0:
+          x = ConvBN(features, 3, stride, activation=self.activation,
+                     negative_slope=self.negative_slope, name=name)(x, train)
+        else:
+          x = DepthwiseSeparable(features, stride, self.activation, self.negative_slope,
+                                 name=name)(x, train)
+      taps[stage] = x
+    return taps
+
+
+class Bottleneck(nn.Module):
+  """torchvision Bottleneck (expansion 4, stride on conv2). Sub-modules conv1..conv3 and
+  downsample are ConvBN (PyTorch conv{k}/bn{k} and downsample.0/.1)."""
+  planes: int
+  stride: int = 1
+  downsample: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = ConvBN(self.planes, 1, activation="relu", name="conv1")(x, train)
+    y = ConvBN(self.planes, 3, self.stride, activation="relu", name="conv2")(y, train)
+    y = ConvBN(self.planes * 4, 1, name="conv3")(y, train)
+    if self.downsample:
+      x = ConvBN(self.planes * 4, 1, self.stride, name="downsample")(x, train)
+    return jax.nn.relu(y + x)
+
+
+RESNET50_LAYERS = (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2),
+                   ("layer4", 512, 3, 2))
+RESNET50_TAPS = {"layer2": "C3", "layer3": "C4", "layer4": "C5"}
+
+
+class ResNet50(nn.Module):
+  """ResNet-50 feature extractor: [B, H, W, 3] -> {"C3": [B, H/8, W/8, 512],
+  "C4": [B, H/16, W/16, 1024], "C5": [B, H/32, W/32, 2048]} (sizes rounded up).
+
+  The stem ConvBN is named "stem" (PyTorch conv1/bn1); block j of layer k is f"layer{k}_{j}".
+  """
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = ConvBN(64, 7, 2, activation="relu", name="stem")(x, train)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    taps = {}
+    for name, planes, blocks, stride in RESNET50_LAYERS:
+      for j in range(blocks):
+        x = Bottleneck(planes, stride if j == 0 else 1, downsample=(j == 0),
+                       name=f"{name}_{j}")(x, train)
+      if name in RESNET50_TAPS:
+        taps[RESNET50_TAPS[name]] = x
+    return taps
+
+
+BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
+                 "resnet50": ("C3", "C4", "C5")}
+
+
+def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: float = 0.1,
+                  module_name: Optional[str] = "body") -> nn.Module:
+  """Backbone by name ('mobilenet0.25' or 'resnet50'); ResNet-50 ignores the activation."""
+  if name == "mobilenet0.25":
+    return MobileNetV1(activation, negative_slope, name=module_name)
+  if name == "resnet50":
+    return ResNet50(name=module_name)
+  raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONE_TAPS)}")
