@@ -138,3 +138,17 @@ def test_train_with_real_recipes(release, recipe, size):
   m = b["box_mask"]
   assert np.all(b["boxes"][m][:, 2:] > b["boxes"][m][:, :2])
   assert np.all(b["boxes"][m] >= -1e-3) and np.all(b["boxes"][m] <= size + 1e-3)
+
+
+def test_cap_drops_are_logged(release):
+  builder, _ = release
+  ds = pipeline.train_dataset(builder, "train", batch_size=2, transform=resize_transform,
+                              max_boxes=1, seed=0, process_index=0, process_count=1,
+                              num_epochs=1)
+  messages = []
+  gen = pipeline.log_dropped_faces(ds.as_numpy_iterator(), every=1,
+                                   log=lambda fmt, *a: messages.append(fmt % a))
+  batches = list(gen)
+  total_dropped = sum(int(b["num_dropped"].sum()) for b in batches)
+  assert total_dropped > 0
+  assert messages and f"dropped {total_dropped} of" in messages[-1]

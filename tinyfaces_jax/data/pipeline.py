@@ -194,3 +194,33 @@ def _pad_batch(batch: dict, batch_size: int) -> dict:
     pad = [[0, batch_size - n]] + [[0, 0]] * (len(v.shape) - 1)
     out[k] = tf.pad(v, pad)
   return out
+
+
+def log_dropped_faces(batches, every: int = 100, log=None):
+  """Wraps an iterator of numpy train batches; logs how many faces the `max_boxes` cap drops.
+
+  Every `every` batches (and when the iterator ends) logs the running totals of
+  `num_faces` and `num_dropped` (absl logging at WARNING when anything was dropped, so it
+  shows in quiet runs). Yields the batches unchanged; the final (faces, dropped) totals are
+  the generator's return value.
+  """
+  if log is None:
+    from absl import logging as absl_logging
+    log = absl_logging.warning
+  faces = dropped = 0
+  n = 0
+
+  def report():
+    if dropped:
+      log("max_boxes cap dropped %d of %d trainable faces (%.2f%%) in %d batches",
+          dropped, faces, 100.0 * dropped / max(faces, 1), n)
+
+  for batch in batches:
+    faces += int(batch["num_faces"].sum())
+    dropped += int(batch["num_dropped"].sum())
+    n += 1
+    if n % every == 0:
+      report()
+    yield batch
+  report()
+  return faces, dropped
