@@ -63,14 +63,8 @@ def _best_per_box(ov):
 
 
 def _best_per_face(ov):
-  n, m = ov.shape
-  best = np.full(m, -1.0, F)
-  arg = np.zeros(m, np.int64)
-  for j in range(m):
-    for i in range(n):
-      if i == 0 or ov[i, j] > best[j]:
-        best[j], arg[j] = ov[i, j], i
-  return best, arg
+  """Per face (column): its best box, first index on ties (the same loop on the transpose)."""
+  return _best_per_box(ov.T)
 
 
 def match_anchors(anchors, gt, mask, pos_iou, neg_iou=None, force_match=True,
