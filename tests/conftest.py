@@ -22,3 +22,12 @@ def shared_dir() -> pathlib.Path:
   if not SHARED.is_dir():
     pytest.skip(f"../shared not found at {SHARED}: reference data unavailable")
   return SHARED
+
+
+def pytest_configure(config):
+  """Identical XLA programs (the same step compiled by several train runs) compile once."""
+  import tempfile
+  import jax
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="jax_cache_"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -27,9 +27,13 @@ def make_manager(workdir: str, *, max_to_keep: int = 3,
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
-  """Saves the state at its step (async; `manager.wait_until_finished()` to block)."""
+  """Saves the replicated state at its step (async write; `manager.wait_until_finished()`
+  blocks)."""
   step = int(jax.device_get(state.step))
-  return manager.save(step, args=ocp.args.StandardSave(state.checkpoint_items()), force=force)
+  # The state is replicated: one host copy per leaf is the whole checkpoint (orbax would
+  # otherwise slice every replica on every device). The write itself stays asynchronous.
+  items = jax.device_get(state.checkpoint_items())
+  return manager.save(step, args=ocp.args.StandardSave(items), force=force)
 
 
 def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, int]:

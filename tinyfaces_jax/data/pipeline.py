@@ -1,7 +1,7 @@
 """tf.data input pipelines: per-host train batches with fixed shapes, and exact-once eval.
 
 Train (`train_dataset`): this host's share of the split (`tfds.split_for_jax_process`),
-file + example shuffling, repeat, decode, a per-detector augmentation `transform(example, seed)`
+per-epoch seeded shuffling, repeat, exact resume at any step (`start_step`), decode, a per-detector augmentation `transform(example, seed)`
 (see transforms.py) with a stateless per-example seed, faces padded to `max_boxes` with a
 `box_mask` (faces beyond the cap are dropped and counted per example in `num_dropped`), batches
 of the host-local size with `drop_remainder`, prefetch. Every batch has static shapes:
@@ -95,8 +95,15 @@ def host_split(split: str, process_index: Optional[int] = None,
 def train_dataset(builder, split: str, *, batch_size: int, transform: Transform,
                   max_boxes: int, seed: int = 0, shuffle_buffer: int = 1024,
                   process_index: Optional[int] = None, process_count: Optional[int] = None,
-                  num_epochs: Optional[int] = None) -> tf.data.Dataset:
+                  num_epochs: Optional[int] = None, start_step: int = 0) -> tf.data.Dataset:
   """Host-local training batches (`batch_size` = this host's share of the global batch).
+
+  The stream is a pure function of (seed, host, step): epoch e reads this host's records in
+  file order through a shuffle buffer seeded by (seed, host, e); example j of the host's
+  stream (j = e * N + position) gets the augmentation seed fold_in((seed, host), j); batch k
+  holds examples [k * batch_size, (k + 1) * batch_size). So `start_step=k` resumes exactly
+  where an uninterrupted run would be at step k, reading at most one epoch of records to get
+  there (the skip happens before decoding).
 
   Args:
     builder: a prepared TFDS builder (e.g. wider_face.WiderFace).
@@ -105,7 +112,9 @@ def train_dataset(builder, split: str, *, batch_size: int, transform: Transform,
     max_boxes: M, ground-truth slots per image.
     seed: data order and augmentation seed; each host folds in its index.
     process_index / process_count: override jax's (for tests); default jax.process_*().
-    num_epochs: None repeats forever.
+    num_epochs: None repeats forever; else the stream ends after that many epochs (counted
+      from epoch 0, also when resuming).
+    start_step: the first batch produced is batch `start_step` of the stream.
   """
   hide_gpus_from_tf()
   if process_index is None:
@@ -113,17 +122,27 @@ def train_dataset(builder, split: str, *, batch_size: int, transform: Transform,
     process_index, process_count = jax.process_index(), jax.process_count()
   sub = host_split(split, process_index, process_count)
   import tensorflow_datasets as tfds
-  read_config = tfds.ReadConfig(shuffle_seed=seed + 7919 * process_index)
-  ds = builder.as_dataset(split=sub, shuffle_files=True, read_config=read_config,
-                          decoders={"image": tfds.decode.SkipDecoding()})
-  ds = ds.repeat(num_epochs)
-  ds = ds.shuffle(shuffle_buffer, seed=seed + 104729 * process_index)
-  ds = ds.enumerate()
-  base = tf.constant([seed, process_index], tf.int64)
+  num_examples = int(builder.info.splits[sub].num_examples)
+  if num_examples == 0:
+    raise ValueError(f"split {sub!r} of {builder.name} has no examples for host "
+                     f"{process_index} of {process_count}")
+  base = builder.as_dataset(split=sub, shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+  first_epoch, offset = divmod(int(start_step) * batch_size, num_examples)
+  last_epoch = tf.int64.max if num_epochs is None else int(num_epochs)
+  host_seed = tf.constant(seed * 1000003 + process_index * 7919, tf.int64)
+  n = tf.constant(num_examples, tf.int64)
 
-  def prepare(i, ex):
-    ex_seed = tf.random.experimental.stateless_fold_in(tf.cast(base, tf.int32),
-                                                       tf.cast(i, tf.int32))
+  def epoch(e):
+    order = base.shuffle(shuffle_buffer, seed=host_seed + e * 104729,
+                         reshuffle_each_iteration=False)
+    return order.enumerate().map(lambda p, ex: (e * n + p, ex))
+
+  ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)
+  base_seed = tf.constant([seed, process_index], tf.int32)
+
+  def prepare(j, ex):
+    ex_seed = tf.random.experimental.stateless_fold_in(base_seed, tf.cast(j, tf.int32))
     out = transform(decode_example(ex), ex_seed)
     return pad_faces(out, max_boxes)
 
@@ -138,7 +157,8 @@ def _bucket_size(size: tf.Tensor, bucket: int) -> tf.Tensor:
 
 def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket: int = 128,
                  scale_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
-                 max_size: int = 4096, process_index: Optional[int] = None,
+                 max_size: int = 4096, pad_value=(0.0, 0.0, 0.0),
+                 process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tf.data.Dataset:
   """Every image of this host's share exactly once, bucketed by padded size.
 
@@ -147,6 +167,8 @@ def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket
       RetinaFace test resize); default 1 (original size).
     bucket: padded H and W are multiples of it (one compile per (Hb, Wb) pair).
     max_size: error out on larger scaled images (a guard against runaway memory).
+    pad_value: RGB value of the bottom/right padding inside an image (e.g. the detector's
+      mean, which its preprocessing maps to zero); padded batch rows stay zero.
   """
   hide_gpus_from_tf()
   if process_index is None:
@@ -163,11 +185,13 @@ def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket
     hw = tf.shape(img)[:2]
     scale = tf.constant(1.0) if scale_fn is None else tf.cast(scale_fn(hw), tf.float32)
     new_hw = tf.maximum(tf.cast(tf.round(tf.cast(hw, tf.float32) * scale), tf.int32), 1)
-    tf.debugging.assert_less_equal(tf.reduce_max(new_hw), max_size,
-                                   message="eval image larger than max_size after scaling")
+    tf.debugging.Assert(tf.reduce_max(new_hw) <= max_size,
+                        ["eval image larger than max_size after scaling:", d["filename"],
+                         new_hw, max_size])
     img = tf.image.resize(tf.cast(img, tf.float32), new_hw, method="bilinear", antialias=True)
     hb, wb = _bucket_size(new_hw[0], bucket), _bucket_size(new_hw[1], bucket)
-    img = tf.pad(img, [[0, hb - new_hw[0]], [0, wb - new_hw[1]], [0, 0]])
+    fill = tf.constant(pad_value, tf.float32)
+    img = tf.pad(img - fill, [[0, hb - new_hw[0]], [0, wb - new_hw[1]], [0, 0]]) + fill
     n = tf.minimum(tf.shape(d["boxes"])[0], max_boxes)
     return {"image": img, "image_hw": new_hw, "orig_hw": tf.cast(hw, tf.int32),
             "scale": scale, "valid": tf.constant(True), "filename": d["filename"],

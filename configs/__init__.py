@@ -1,0 +1,1 @@
+"""Experiment configs (`configs/<name>.py` with `get_config(arg=None)`)."""

@@ -1,0 +1,159 @@
+"""Defaults shared by every detector config, and the `config.py:arg` parser.
+
+A config file is `configs/<name>.py` with `get_config(arg=None) -> ml_collections.ConfigDict`;
+`arg` is what follows the colon on the command line, e.g.
+`--config=configs/retinaface_mnet025.py:embedded,steps=300`: comma-separated `key=value`
+pairs and bare flags (`test` means `test=True`), parsed by `parse_arg` against the config's
+declared options (unknown options are an error). Any field can then be overridden with
+`--config.<path>=<value>`. train.py turns the sections into frozen dataclasses, so a typo in
+a config file is an error naming the key and its closest known name.
+
+Sections: detector, seed, data, model, loss, optim, train, eval, init.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import ml_collections
+
+# The ImageNet MobileNetV1-0.25 weights RetinaFace starts from, where this workplace keeps them
+# (`../shared` beside the repository); users pass their own with --config.init.backbone=PATH.
+SHARED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              os.pardir, "shared", "weights")
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+  """`"a=1,b=x,flag"` -> ConfigDict(defaults updated); values parsed as python literals
+  (falling back to strings), bare names set True. Unknown names raise ValueError."""
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r} in {arg!r}; known: "
+                       f"{', '.join(sorted(defaults))}")
+    if not sep:
+      value = True
+    else:
+      try:
+        value = ast.literal_eval(raw)
+      except (ValueError, SyntaxError):
+        value = raw
+    if isinstance(defaults[key], bool) and not isinstance(value, bool):
+      raise ValueError(f"config argument {key!r} is a flag, got {raw!r}")
+    if isinstance(defaults[key], int) and not isinstance(defaults[key], bool):
+      value = int(value)
+    if isinstance(defaults[key], float):
+      value = float(value)
+    out[key] = value
+  return out
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The shared defaults (a detector config fills model/loss and adjusts the rest)."""
+  c = ml_collections.ConfigDict()
+  c.detector = "retinaface"
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "embedded"            # "embedded" (built here) or "wider" (your release files)
+  c.data.data_dir = "~/tensorflow_datasets"   # TFDS data_dir (embedded: a subfolder of it)
+  c.data.manual_dir = ""                # source=wider: folder with the official release files
+  c.data.label_path = ""                # wider: RetinaFace label.txt ("" = look in manual_dir)
+  c.data.eval_dir = ""                  # wider: eval_tools .mat folder ("" = look in manual_dir)
+  c.data.embedded_train = 600           # embedded: images per split and their size range
+  c.data.embedded_val = 150
+  c.data.embedded_image_size = (320, 640)
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.recipe = "retinaface"          # data/recipes.py augmentation
+  c.data.recipe_options = ml_collections.ConfigDict()
+  c.data.image_size = 640               # training crop side S
+  c.data.max_boxes = 256                # M ground-truth slots (faces over it are counted)
+  c.data.shuffle_buffer = 1024
+
+  c.model = ml_collections.ConfigDict()
+  c.loss = ml_collections.ConfigDict()
+
+  c.optim = ml_collections.ConfigDict()  # optim.OptimConfig fields
+  c.optim.learning_rate = 1e-3
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = "step"
+  c.optim.warmup_steps = 0
+  c.optim.decay_steps = ()
+  c.optim.decay_factor = 0.1
+  c.optim.lr_multipliers = ()
+  c.optim.frozen = ()
+  c.optim.grad_clip_norm = 0.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32               # global batch (divisible by the device count)
+  c.train.num_steps = 1000
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 0                # 0: evaluate only at the end
+  c.train.bf16 = False
+
+  c.eval = ml_collections.ConfigDict()  # inference.InferenceConfig fields + the loop's own
+  c.eval.batch_size = 8                 # per host (divisible by its local devices)
+  c.eval.resize = "none"
+  c.eval.target_size = 1600
+  c.eval.max_size = 2150
+  c.eval.scales = (1.0,)
+  c.eval.flip = False
+  c.eval.score_threshold = 0.02
+  c.eval.pre_nms_top_k = 5000
+  c.eval.iou_threshold = 0.4
+  c.eval.max_output = 750
+  c.eval.pixel_offset = 1.0
+  c.eval.bucket = 128
+  c.eval.gt_dir = ""                    # official ground-truth .mat folder; "" = from the split
+  c.eval.baselines_dir = ""             # official PR curves to plot beside ours
+  c.eval.max_images = 0                 # 0 = the whole split
+
+  c.init = ml_collections.ConfigDict()
+  c.init.backbone = ""                  # ImageNet backbone checkpoint
+  c.init.checkpoint = ""                # whole-model checkpoint (.pth / .onnx)
+  c.init.require = True                 # a missing file is an error (False: warn, random init)
+  return c
+
+
+def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `test` variant: a tiny embedded set, tiny crops, a few steps (CPU seconds)."""
+  c.data.source = "embedded"
+  c.data.embedded_train = 16
+  c.data.embedded_val = 8
+  c.data.embedded_image_size = (96, 160)
+  c.data.image_size = 96
+  c.data.max_boxes = 32
+  c.data.shuffle_buffer = 16
+  c.train.batch_size = 8
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.train.eval_every = 0
+  c.eval.batch_size = 8
+  c.eval.max_size = 160
+  c.eval.bucket = 160
+  c.eval.max_output = 100
+  c.eval.pre_nms_top_k = 500
+  c.optim.warmup_steps = 0
+  c.optim.decay_steps = ()
+  c.init.backbone = ""
+  c.init.checkpoint = ""
+  return c
+
+
+def set_num_steps(c: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+  """Sets train.num_steps, scaling the schedule's step counts in proportion."""
+  scale = steps / c.train.num_steps
+  c.optim.decay_steps = tuple(int(s * scale) for s in c.optim.decay_steps)
+  c.optim.warmup_steps = int(c.optim.warmup_steps * scale)
+  c.train.num_steps = int(steps)
+  c.train.checkpoint_every = max(1, min(c.train.checkpoint_every, steps))
+  c.train.eval_every = min(c.train.eval_every, steps)
+  return c

@@ -1,0 +1,150 @@
+"""The training system end to end on configs/test.py (8 CPU devices): train + evaluate,
+kill-and-resume equality, a non-finite loss named by its step, eval-only mode, config errors,
+and the RetinaFace step sharded over 8 devices equal to 1 device."""
+
+import json
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from tinyfaces_jax import detectors, optim, settings, sharding, train, train_step
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def make_config(data_dir, **train_overrides):
+  c = test_config.get_config()
+  c.data.data_dir = data_dir
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run_full")
+  result = train.train_and_evaluate(make_config(data_dir), str(workdir))
+  return workdir, result
+
+
+def test_train_and_evaluate_end_to_end(uninterrupted, data_dir):
+  workdir, result = uninterrupted
+  assert result["step"] == 4 and not result["preempted"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+  (final,) = result["evals"]
+  assert final["step"] == 4 and final["num_images"] == 8
+  assert set(final["aps"]) == {"easy", "medium", "hard"}
+  assert all(0.0 <= a <= 1.0 for a in final["aps"].values())
+  ev = workdir / "eval" / "step_4"
+  written = sorted(p.name for p in (ev / "predictions").rglob("*.txt"))
+  assert len(written) == 8
+  assert json.loads((ev / "aps.json").read_text())["aps"] == final["aps"]
+  assert (ev / "wider_pr_curve_hard_val.png").stat().st_size > 1000
+  cfg = json.loads((workdir / "config.json").read_text())
+  assert cfg["train"]["num_steps"] == 4
+  assert any(p.startswith("events.out.tfevents") for p in os.listdir(workdir))
+  # Eval-only mode on the same workdir evaluates the latest checkpoint to the same APs.
+  again = train.evaluate_only(make_config(data_dir), str(workdir))
+  assert again["step"] == 4
+  for s, a in final["aps"].items():
+    assert again["aps"][s] == pytest.approx(a, abs=1e-12)
+
+
+def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_path):
+  """SIGTERM at step 1 saves and stops; rerunning resumes at 1 and ends where the
+  uninterrupted run ended (same batches, same RNG), parameters equal."""
+  _, full = uninterrupted
+
+  def preempt(step):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = train.train_and_evaluate(make_config(data_dir), str(tmp_path), step_hook=preempt)
+  assert first["preempted"] and first["step"] == 1 and first["evals"] == []
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]
+  second = train.train_and_evaluate(make_config(data_dir), str(tmp_path))
+  assert second["step"] == 4 and not second["preempted"]
+  for tree in ("params", "batch_stats"):
+    a = jax.tree.leaves(getattr(full["state"], tree))
+    b = jax.tree.leaves(getattr(second["state"], tree))
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+  assert second["evals"][0]["aps"] == pytest.approx(full["evals"][0]["aps"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_with_its_step(data_dir, tmp_path):
+  c = make_config(data_dir, num_steps=6, log_every=3, checkpoint_every=100)
+  c.optim.learning_rate = 1e12
+  with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step [1-3];"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_config_typos_are_named(data_dir):
+  c = make_config(data_dir)
+  with c.unlocked():
+    c.train.num_step = 3
+  with pytest.raises(settings.ConfigError, match=r"config\.train\.num_step \(did you mean "
+                                                 r"config\.train\.num_steps\?\)"):
+    train.RunSpec.from_config(c)
+  c = make_config(data_dir)
+  c.model.preset = "mnet26"
+  with pytest.raises(settings.ConfigError, match="unknown RetinaFace preset 'mnet26'"):
+    train.RunSpec.from_config(c)
+  c = make_config(data_dir)
+  c.eval.resize = "fitt"
+  with pytest.raises(settings.ConfigError, match="config.eval: resize must be one of"):
+    train.RunSpec.from_config(c)
+
+
+def test_missing_initial_weights(data_dir, tmp_path):
+  c = make_config(data_dir)
+  c.init.backbone = str(tmp_path / "nope.tar")
+  with pytest.raises(FileNotFoundError, match="nope.tar"):
+    train.train_and_evaluate(c, str(tmp_path / "wd"))
+
+
+def _retinaface_steps(devices, steps=2):
+  """-> (variables after step 1 as numpy, losses of `steps` steps) of RetinaFace at 64 px."""
+  det = detectors.build_detector("retinaface", {"preset": "mnet025"}, {})
+  mesh = sharding.make_mesh(devices)
+  shapes = jax.eval_shape(lambda: det.init_variables((64, 64)))
+  tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2), shapes["params"])
+  state = train_step.create_train_state(det.model, tx, (64, 64, 3), jax.random.key(0), mesh)
+  step = train_step.make_train_step(det.model, det.loss, mesh, preprocess=det.preprocess)
+  rng = np.random.default_rng(0)
+  losses, after_first = [], None
+  for _ in range(steps):
+    xy = rng.uniform(0, 40, (8, 4, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(12, 24, (8, 4, 2))], -1).astype(np.float32)
+    batch = {"image": rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32), "boxes": boxes,
+             "box_mask": rng.uniform(size=(8, 4)) < 0.8,
+             "landmarks": np.tile(boxes[:, :, None, :2], (1, 1, 5, 1)) + 3.0,
+             "landmarks_present": rng.uniform(size=(8, 4)) < 0.5}
+    state, m = step(state, sharding.host_to_global(batch, mesh), jax.random.key(1))
+    losses.append(float(m["loss"]))
+    if after_first is None:
+      after_first = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+  return after_first, losses
+
+
+def test_retinaface_step_8_devices_equals_1():
+  """Losses of 2 steps equal; variables after one step equal to 1e-4 of each leaf's scale
+  (BatchNorm biases followed by BatchNorm get gradients that are differences of large
+  terms, so a second step amplifies the reduction-order noise of either layout)."""
+  assert len(jax.devices()) == 8
+  v8, l8 = _retinaface_steps(jax.devices())
+  v1, l1 = _retinaface_steps(jax.devices()[:1])
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  assert np.isfinite(l8).all() and l8[1] != l8[0]
+  for a, b in zip(jax.tree.leaves(v8), jax.tree.leaves(v1)):
+    assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
