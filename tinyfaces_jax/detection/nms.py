@@ -145,8 +145,8 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
                    tile: int) -> Array:
   """Greedy NMS over boxes already in score order.
 
-  boxes: [P, 4] (P a multiple of `tile`), alive: [P] bool -> [K] int32 positions into the
-  sorted order of the first K kept boxes, -1 padding.
+  boxes: [P, 4] (P a multiple of `tile`), alive: [P] bool, True on a prefix (the candidates)
+  -> [K] int32 positions into the sorted order of the first K kept boxes, -1 padding.
   """
   p = boxes.shape[0]
   n_tiles = p // tile
@@ -169,9 +169,12 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
 
     return lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((tile,), bool)))[1]
 
+  # Candidates come first in the sorted order: tiles past the last one can keep nothing.
+  n_alive = jnp.sum(alive, dtype=jnp.int32)
+
   def cond(state):
     t, count, _, _ = state
-    return (t < n_tiles) & (count < cap)
+    return (t < n_tiles) & (count < cap) & (t * tile < n_alive)
 
   def body(state):
     t, count, kept_boxes, kept_pos = state

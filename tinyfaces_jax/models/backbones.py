@@ -17,48 +17,12 @@ BatchNorm: epsilon 1e-5 and momentum 0.9 (PyTorch's 0.1); running statistics in
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-ACTIVATIONS = ("relu", "leaky_relu")
-
-
-def activate(x, activation: Optional[str], negative_slope: float = 0.1):
-  """Applies 'relu', 'leaky_relu' (with `negative_slope`) or nothing (None)."""
-  if activation is None:
-    return x
-  if activation == "relu":
-    return jax.nn.relu(x)
-  if activation == "leaky_relu":
-    return jnp.where(x >= 0, x, negative_slope * x)
-  raise ValueError(f"unknown activation {activation!r}; known: {ACTIVATIONS}")
-
-
-class ConvBN(nn.Module):
-  """conv (no bias, PyTorch padding k // 2) + BatchNorm + optional activation.
-
-  [B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), features].
-  """
-  features: int
-  kernel: int = 3
-  stride: int = 1
-  groups: int = 1
-  activation: Optional[str] = None
-  negative_slope: float = 0.1
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    p = self.kernel // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-                padding=((p, p), (p, p)), feature_group_count=self.groups, use_bias=False,
-                name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     name="bn")(x)
-    return activate(x, self.activation, self.negative_slope)
-
+from tinyfaces_jax.models.layers import ACTIVATIONS, ConvBN, activate  # noqa: F401
 
 class DepthwiseSeparable(nn.Module):
   """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw")."""
@@ -66,14 +30,16 @@ class DepthwiseSeparable(nn.Module):
   stride: int = 1
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = x.shape[-1]
-    x = ConvBN(c, 3, self.stride, groups=c, activation=self.activation,
-               negative_slope=self.negative_slope, name="dw")(x, train)
-    return ConvBN(self.features, 1, activation=self.activation,
-                  negative_slope=self.negative_slope, name="pw")(x, train)
+    kw = dict(activation=self.activation, negative_slope=self.negative_slope, impl=self.impl,
+              dtype=self.dtype)
+    x = ConvBN(c, 3, self.stride, groups=c, name="dw", **kw)(x, train)
+    return ConvBN(self.features, 1, name="pw", **kw)(x, train)
 
 
 # (features, stride) per layer; the first layer of stage1 is a full 3x3 ConvBN.
@@ -93,19 +59,21 @@ class MobileNetV1(nn.Module):
   """
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     taps = {}
+    kw = dict(activation=self.activation, negative_slope=self.negative_slope, impl=self.impl,
+              dtype=self.dtype)
     for stage, layers in MOBILENET_025_STAGES.items():
       for i, (features, stride) in enumerate(layers):
         name = f"{stage}_{i}"
         if stage == "stage1" and i == 0:
-          x = ConvBN(features, 3, stride, activation=self.activation,
-                     negative_slope=self.negative_slope, name=name)(x, train)
+          x = ConvBN(features, 3, stride, name=name, **kw)(x, train)
         else:
-          x = DepthwiseSeparable(features, stride, self.activation, self.negative_slope,
-                                 name=name)(x, train)
+          x = DepthwiseSeparable(features, stride, name=name, **kw)(x, train)
       taps[stage] = x
     return taps
 
@@ -116,14 +84,17 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   downsample: bool = False
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = ConvBN(self.planes, 1, activation="relu", name="conv1")(x, train)
-    y = ConvBN(self.planes, 3, self.stride, activation="relu", name="conv2")(y, train)
-    y = ConvBN(self.planes * 4, 1, name="conv3")(y, train)
+    kw = dict(impl=self.impl, dtype=self.dtype)
+    y = ConvBN(self.planes, 1, activation="relu", name="conv1", **kw)(x, train)
+    y = ConvBN(self.planes, 3, self.stride, activation="relu", name="conv2", **kw)(y, train)
+    y = ConvBN(self.planes * 4, 1, name="conv3", **kw)(y, train)
     if self.downsample:
-      x = ConvBN(self.planes * 4, 1, self.stride, name="downsample")(x, train)
+      x = ConvBN(self.planes * 4, 1, self.stride, name="downsample", **kw)(x, train)
     return jax.nn.relu(y + x)
 
 
@@ -138,16 +109,19 @@ class ResNet50(nn.Module):
 
   The stem ConvBN is named "stem" (PyTorch conv1/bn1); block j of layer k is f"layer{k}_{j}".
   """
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = ConvBN(64, 7, 2, activation="relu", name="stem")(x, train)
+    kw = dict(impl=self.impl, dtype=self.dtype)
+    x = ConvBN(64, 7, 2, activation="relu", name="stem", **kw)(x, train)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     taps = {}
     for name, planes, blocks, stride in RESNET50_LAYERS:
       for j in range(blocks):
         x = Bottleneck(planes, stride if j == 0 else 1, downsample=(j == 0),
-                       name=f"{name}_{j}")(x, train)
+                       name=f"{name}_{j}", **kw)(x, train)
       if name in RESNET50_TAPS:
         taps[RESNET50_TAPS[name]] = x
     return taps
@@ -158,10 +132,12 @@ BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
 
 
 def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: float = 0.1,
-                  module_name: Optional[str] = "body") -> nn.Module:
-  """Backbone by name ('mobilenet0.25' or 'resnet50'); ResNet-50 ignores the activation."""
+                  module_name: Optional[str] = "body", impl: str = "auto",
+                  dtype: Any = None) -> nn.Module:
+  """Backbone by name ('mobilenet0.25' or 'resnet50'); ResNet-50 ignores the activation.
+  `impl` / `dtype`: how convs are computed and in which dtype (models/layers.py)."""
   if name == "mobilenet0.25":
-    return MobileNetV1(activation, negative_slope, name=module_name)
+    return MobileNetV1(activation, negative_slope, impl=impl, dtype=dtype, name=module_name)
   if name == "resnet50":
-    return ResNet50(name=module_name)
+    return ResNet50(impl=impl, dtype=dtype, name=module_name)
   raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONE_TAPS)}")

@@ -14,14 +14,14 @@ ReLU); the 1MB retrain uses ReLU everywhere. Here the activation is given explic
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax.models.backbones import ConvBN
+from tinyfaces_jax.models.layers import ConvBN
 
 
 def resize_nearest(x, size: tuple[int, int]):
@@ -42,12 +42,15 @@ class FPN(nn.Module):
   out_channels: int = 64
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, feats: Sequence, train: bool = False):
     if len(feats) != 3:
       raise ValueError(f"FPN expects 3 feature maps, got {len(feats)}")
-    kw = dict(activation=self.activation, negative_slope=self.negative_slope)
+    kw = dict(activation=self.activation, negative_slope=self.negative_slope, impl=self.impl,
+              dtype=self.dtype)
     o1, o2, o3 = (ConvBN(self.out_channels, 1, name=f"output{i + 1}", **kw)(f, train)
                   for i, f in enumerate(feats))
     o2 = o2 + resize_nearest(o3, o2.shape[1:3])
@@ -62,16 +65,19 @@ class SSH(nn.Module):
   out_channels: int = 64
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
+  impl: str = "auto"
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.out_channels % 4:
       raise ValueError(f"SSH out_channels must be a multiple of 4, got {self.out_channels}")
     q = self.out_channels // 4
-    kw = dict(activation=self.activation, negative_slope=self.negative_slope)
-    c3 = ConvBN(2 * q, 3, name="conv3X3")(x, train)
+    lin = dict(impl=self.impl, dtype=self.dtype)
+    kw = dict(lin, activation=self.activation, negative_slope=self.negative_slope)
+    c3 = ConvBN(2 * q, 3, name="conv3X3", **lin)(x, train)
     c5_1 = ConvBN(q, 3, name="conv5X5_1", **kw)(x, train)
-    c5 = ConvBN(q, 3, name="conv5X5_2")(c5_1, train)
+    c5 = ConvBN(q, 3, name="conv5X5_2", **lin)(c5_1, train)
     c7_2 = ConvBN(q, 3, name="conv7X7_2", **kw)(c5_1, train)
-    c7 = ConvBN(q, 3, name="conv7x7_3")(c7_2, train)
+    c7 = ConvBN(q, 3, name="conv7x7_3", **lin)(c7_2, train)
     return jax.nn.relu(jnp.concatenate([c3, c5, c7], axis=-1))

@@ -1,0 +1,124 @@
+"""Convolution building blocks (NHWC) shared by every detector's backbone, neck and heads.
+
+`Conv2D` is a PyTorch-padded convolution whose parameters are exactly those of `nn.Conv`
+(`kernel` [k, k, C_in / groups, C_out], optional `bias` [C_out]), so importers and
+checkpoints do not depend on how it is computed. The computation is chosen per layer:
+  * "shift_add" for depthwise convs (groups == C_in == C_out): the k x k strided slices of
+    the padded input times the kernel taps, summed. XLA's CPU backend runs a grouped
+    convolution as one generic convolution that is 20-50x slower than this (measured with
+    benchmarks/retinaface_inference.py); on GPU/TPU its native depthwise kernels are used.
+  * "matmul" for 1x1 convs: a strided slice, then one [.., C_in] x [C_in, C_out] dot
+    (cheaper weight gradients than a convolution on XLA CPU);
+  * `lax.conv_general_dilated` otherwise.
+`impl` "auto" takes the first two on the CPU backend only (the platform jit compiles for).
+Compute dtype: `dtype` (e.g. bfloat16) casts input and kernel; parameters stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ACTIVATIONS = ("relu", "leaky_relu")
+IMPLS = ("auto", "conv", "fast")
+
+
+def activate(x, activation: Optional[str], negative_slope: float = 0.1):
+  """Applies 'relu', 'leaky_relu' (with `negative_slope`) or nothing (None)."""
+  if activation is None:
+    return x
+  if activation == "relu":
+    return jax.nn.relu(x)
+  if activation == "leaky_relu":
+    return jnp.where(x >= 0, x, negative_slope * x)
+  raise ValueError(f"unknown activation {activation!r}; known: {ACTIVATIONS}")
+
+
+def depthwise_shift_add(x, kernel, stride: int, pad: int):
+  """Depthwise conv as shifted multiply-adds.
+
+  x [B, H, W, C], kernel [k, k, C] -> [B, Ho, Wo, C] with Ho = (H + 2 pad - k) // stride + 1.
+  """
+  k = kernel.shape[0]
+  b, h, w, c = x.shape
+  ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = lax.slice(xp, (0, i, j, 0), (b, i + stride * (ho - 1) + 1,
+                                         j + stride * (wo - 1) + 1, c), (1, stride, stride, 1))
+      term = tap * kernel[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+def _fast_paths() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+class Conv2D(nn.Module):
+  """conv with PyTorch padding k // 2 (stride s: H -> floor((H + 2 (k // 2) - k) / s) + 1).
+
+  [B, H, W, C_in] -> [B, Ho, Wo, features]. Parameters as `nn.Conv`: kernel (lecun normal),
+  bias (zeros) when `use_bias`.
+  """
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  groups: int = 1
+  use_bias: bool = False
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.impl not in IMPLS:
+      raise ValueError(f"unknown conv impl {self.impl!r}; known: {IMPLS}")
+    cin = x.shape[-1]
+    k, s, p = self.kernel, self.stride, self.kernel // 2
+    w = self.param("kernel", nn.initializers.lecun_normal(),
+                   (k, k, cin // self.groups, self.features), jnp.float32)
+    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+    x, w = x.astype(dtype), w.astype(dtype)
+    fast = self.impl == "fast" or (self.impl == "auto" and _fast_paths())
+    if fast and self.groups > 1 and self.groups == cin == self.features:
+      y = depthwise_shift_add(x, w[:, :, 0, :], s, p)
+    elif fast and k == 1 and self.groups == 1:
+      y = jnp.einsum("bhwc,cd->bhwd", x[:, ::s, ::s], w[0, 0])
+    else:
+      y = lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                   feature_group_count=self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                         jnp.float32).astype(dtype)
+    return y
+
+
+class ConvBN(nn.Module):
+  """Conv2D (no bias, named "conv") + BatchNorm ("bn") + optional activation.
+
+  [B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), features].
+  BatchNorm: epsilon 1e-5, momentum 0.9 (PyTorch's 0.1); statistics in float32.
+  """
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  groups: int = 1
+  activation: Optional[str] = None
+  negative_slope: float = 0.1
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = Conv2D(self.features, self.kernel, self.stride, self.groups, impl=self.impl,
+               dtype=self.dtype, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype, name="bn")(x)
+    return activate(x, self.activation, self.negative_slope)
