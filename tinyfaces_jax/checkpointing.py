@@ -36,9 +36,14 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *, force: bool = Fal
   return manager.save(step, args=ocp.args.StandardSave(items), force=force)
 
 
-def restore_or_init(manager: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, int]:
-  """-> (the latest checkpointed state or `state` itself, restored step or 0)."""
-  step: Optional[int] = manager.latest_step()
+def restore_or_init(manager: ocp.CheckpointManager, state: TrainState,
+                    step: Optional[int] = None) -> tuple[TrainState, int]:
+  """-> (the checkpointed state at `step` (default: the latest) or `state` itself when there
+  is none, restored step or 0). A `step` that is not in the manager is a FileNotFoundError."""
+  if step is not None and step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint of step {step} in {manager.directory} (steps: "
+                            f"{sorted(manager.all_steps())})")
+  step = manager.latest_step() if step is None else step
   if step is None:
     return state, 0
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.checkpoint_items())

@@ -100,12 +100,13 @@ def abstract_state(spec: RunSpec):
   return optim.make_optimizer(spec.optim, shapes["params"]), (s, s, 3)
 
 
-def initial_state(spec: RunSpec, mesh, manager):
-  """-> (state, start step): restored from the workdir, else initialised (+ imported weights)."""
+def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
+  """-> (state, start step): restored from the manager's checkpoints (the latest, or `step`),
+  else initialised (+ the configured imported weights)."""
   tx, shape = abstract_state(spec)
   state = train_step.create_train_state(spec.detector.model, tx, shape,
                                         jax.random.key(spec.seed), mesh)
-  if manager.latest_step() is None:
+  if manager.latest_step() is None and step is None:
     init = spec.init
     paths = {"checkpoint": init.checkpoint, "backbone": init.backbone}
     for k, p in paths.items():
@@ -118,7 +119,7 @@ def initial_state(spec: RunSpec, mesh, manager):
     variables = jax.device_put(variables, rep)
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     _log(f"initial weights: {what}")
-  state, start = checkpointing.restore_or_init(manager, state)
+  state, start = checkpointing.restore_or_init(manager, state, step)
   if start:
     _log(f"resumed from {manager.directory} at step {start}")
   return state, start

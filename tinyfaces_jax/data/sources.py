@@ -46,9 +46,6 @@ class DataConfig:
   def __post_init__(self):
     if self.source not in SOURCES:
       raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-    if self.source == "wider" and not self.manual_dir:
-      raise ValueError("source 'wider' needs manual_dir: the folder holding the official WIDER "
-                       "FACE release files (set --config.data.manual_dir=/path/to/release)")
 
 
 def _opt(path: str):
@@ -86,6 +83,11 @@ def prepare_builder(cfg: DataConfig, log=print):
   builder = WiderFace(data_dir=data_dir, label_path=_opt(cfg.label_path),
                       eval_dir=_opt(cfg.eval_dir))
   if not builder.is_prepared():
+    if not cfg.manual_dir:
+      raise FileNotFoundError(
+          f"WIDER FACE is not prepared in {data_dir} and config.data.manual_dir is empty: set "
+          "--config.data.manual_dir=/path/to/release (the folder holding the official WIDER "
+          "FACE release files) or --config.data.data_dir to where it was prepared")
     manual = os.path.expanduser(cfg.manual_dir)
     if not os.path.isdir(manual):
       raise FileNotFoundError(f"config.data.manual_dir {cfg.manual_dir!r} is not a folder; it "

