@@ -99,7 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.bf16 = False
 
   c.eval = ml_collections.ConfigDict()  # inference.InferenceConfig fields + the loop's own
-  c.eval.batch_size = 8                 # per host (divisible by its local devices)
+  c.eval.batch_size = 8                 # per host (divisible by its devices; 0 = 1 per device)
   c.eval.resize = "none"
   c.eval.target_size = 1600
   c.eval.max_size = 2150

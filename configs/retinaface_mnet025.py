@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.optim.schedule = "step"
   c.optim.decay_steps = (190 * STEPS_PER_EPOCH, 220 * STEPS_PER_EPOCH)
   c.eval.resize = "fit"
-  c.eval.batch_size = 1
+  c.eval.batch_size = 0                 # one (up to 1600 x 2150) image per device
   c.init.backbone = os.path.join(common.SHARED_WEIGHTS, "retinaface",
                                  "mobilenetV1X0.25_pretrain.tar")
 

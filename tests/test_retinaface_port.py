@@ -244,3 +244,32 @@ def test_onnx_export_loads_and_detects(shared_dir):
   area = lambda b: np.prod(b[..., 2:] - b[..., :2], axis=-1)
   iou = inter / (area(want)[:, None] + area(top)[None, :] - inter)
   assert (iou.max(axis=1) > 0.7).all()
+
+
+@pytest.mark.parametrize("depth,num_params", [("resnet50", 161), ("resnet101", 314),
+                                              ("resnet152", 467)])
+def test_resnet_name_maps_cover_torchvision_layouts(depth, num_params):
+  """torchvision resnet{50,101,152} have 161 / 314 / 467 parameter tensors (fc included) and
+  one running mean/var (+ num_batches_tracked) per BatchNorm; the name map uses every one of
+  them but the classifier, and fills every variable of our backbone with the right shape."""
+  from tinyfaces_jax.models.backbones import make_backbone
+  from tinyfaces_jax.pretrained import retinaface_pth as rp
+  entries = rp.backbone_entries(depth, "", ())
+  params = [k for k, coll, _, _ in entries if coll == "params"]
+  stats = [k for k, coll, _, _ in entries if coll == "batch_stats"]
+  assert len(params) + 2 == num_params                      # + fc.weight, fc.bias
+  assert len(stats) == 2 * sum(k.endswith("running_mean") for k in stats) == 2 * len(
+      [k for k in params if k.endswith(".weight") and ("bn" in k or "downsample.1" in k)])
+  model = make_backbone(depth, module_name=None)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  flat = {("/".join((coll,) + path)): perm for _, coll, path, perm in entries}
+  sd = {}
+  leaves = {"/".join(k.key for k in p): v.shape
+            for p, v in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  for key, coll, path, perm in entries:
+    shape = leaves["/".join((coll,) + path)]
+    sd[key] = np.zeros(shape if perm is None else tuple(shape[i] for i in np.argsort(perm)),
+                       np.float32)
+  sd["fc.weight"], sd["fc.bias"] = np.zeros((1000, 2048)), np.zeros(1000)
+  out = rp.convert(sd, entries, shapes, ignore_prefixes=("fc.",))
+  assert len(jax.tree.leaves(out)) == len(flat) == len(leaves)

@@ -148,3 +148,35 @@ def test_retinaface_step_8_devices_equals_1():
   assert np.isfinite(l8).all() and l8[1] != l8[0]
   for a, b in zip(jax.tree.leaves(v8), jax.tree.leaves(v1)):
     assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_path):
+  """The README's command killed with SIGKILL (no chance to save) once its step-2 checkpoint
+  is on disk; rerunning resumes from it and ends with the uninterrupted run's parameters."""
+  import subprocess
+  import sys
+  import time
+  from tinyfaces_jax import checkpointing
+  _, full = uninterrupted
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "tinyfaces_jax.main", "--config=configs/test.py",
+         f"--workdir={tmp_path}", f"--config.data.data_dir={data_dir}"]
+  proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (tmp_path / "checkpoints" / "2").is_dir() and time.time() < deadline:
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    time.sleep(0.2)
+  proc.kill()
+  proc.wait()
+  manager = checkpointing.make_manager(str(tmp_path))
+  steps = manager.all_steps()
+  manager.close()
+  assert 2 in steps
+  second = train.train_and_evaluate(make_config(data_dir), str(tmp_path))
+  assert second["step"] == 4
+  for x, y in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(second["state"].params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)

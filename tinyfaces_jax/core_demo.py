@@ -123,3 +123,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
   c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
   img = c0 * (1 - (x + y)[..., None] / 2) + c1 * ((x + y)[..., None] / 2)
   return img.astype(np.uint8)
+
+
+if __name__ == "__main__":
+  import sys
+  print(run_demo(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tinyfaces_core_demo"))

@@ -34,7 +34,8 @@ from tinyfaces_jax.evaluation import plots, wider, wider_io
 class EvalLoopConfig:
   """The loop's own fields of the `eval` config section (the rest is InferenceConfig).
 
-  batch_size: images per host and step (divisible by the host's devices).
+  batch_size: images per host and step (divisible by the host's devices; 0 = one image per
+    local device).
   gt_dir: official ground-truth .mat folder; "" = the split's own annotations.
   baselines_dir: official PR curves to draw beside ours ("" = none).
   max_images: evaluate only the first N images of the split (0 = all).
@@ -101,9 +102,10 @@ class Evaluator:
     self.predict = inference.make_predict_fn(detector, inf_cfg)
     self.mesh = sharding.make_mesh(jax.local_devices())
     n_local = self.mesh.devices.size
-    if loop_cfg.batch_size % n_local:
+    self.batch_size = loop_cfg.batch_size or n_local
+    if self.batch_size % n_local:
       raise ValueError(f"config.eval.batch_size {loop_cfg.batch_size} is not divisible by "
-                       f"this host's {n_local} devices")
+                       f"this host's {n_local} devices (0 = one image per device)")
     self._gt: Optional[wider_io.WiderGroundTruth] = None
 
   def ground_truth(self) -> wider_io.WiderGroundTruth:
@@ -126,7 +128,7 @@ class Evaluator:
     from tinyfaces_jax.data import pipeline
     cfg = self.inf_cfg
     ds = pipeline.eval_dataset(
-        self.builder, self.split, batch_size=self.loop_cfg.batch_size, max_boxes=1,
+        self.builder, self.split, batch_size=self.batch_size, max_boxes=1,
         bucket=cfg.bucket, scale_fn=self._scale_fn(),
         max_size=max(cfg.max_size, 1) if cfg.max_size else 1 << 16,
         pad_value=self.detector.pad_value)

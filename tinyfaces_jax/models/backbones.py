@@ -1,12 +1,12 @@
-"""RetinaFace backbones in Flax (NHWC): MobileNetV1-0.25 and ResNet-50.
+"""Backbones in Flax (NHWC): MobileNetV1-0.25 and ResNet-50/101/152.
 
   * `MobileNetV1`: Pytorch_Retinaface `models/net.py` MobileNetV1 (width 0.25: channels
     8..256). Taps {"stage1": stride 8, 64 ch; "stage2": stride 16, 128 ch; "stage3":
     stride 32, 256 ch}. Every conv is conv (no bias) + BatchNorm + activation; the activation
     is LeakyReLU(0.1) in the original repo and ReLU in the "1MB" retrain.
-  * `ResNet50`: torchvision layout (conv1/bn1/maxpool, layer1-4 of Bottleneck v1.5 with the
-    stride on the 3x3 conv). Taps {"C3": layer2, stride 8, 512 ch; "C4": layer3, 1024 ch;
-    "C5": layer4, 2048 ch}. Always ReLU.
+  * `ResNet` (depth resnet50 / resnet101 / resnet152): torchvision layout (conv1/bn1/maxpool,
+    layer1-4 of Bottleneck v1.5 with the stride on the 3x3 conv). Taps {"C3": layer2,
+    stride 8, 512 ch; "C4": layer3, 1024 ch; "C5": layer4, 2048 ch}. Always ReLU.
 
 Every k x k conv pads k // 2 on each side as in PyTorch, so a stride-2 conv maps H to
 ceil(H / 2) and the taps of stride s have exactly ceil(H / s) x ceil(W / s) cells (the
@@ -98,17 +98,28 @@ class Bottleneck(nn.Module):
     return jax.nn.relu(y + x)
 
 
-RESNET50_LAYERS = (("layer1", 64, 3, 1), ("layer2", 128, 4, 2), ("layer3", 256, 6, 2),
-                   ("layer4", 512, 3, 2))
-RESNET50_TAPS = {"layer2": "C3", "layer3": "C4", "layer4": "C5"}
+RESNET_BLOCKS = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3),
+                 "resnet152": (3, 8, 36, 3)}
+RESNET_TAPS = {"layer2": "C3", "layer3": "C4", "layer4": "C5"}
 
 
-class ResNet50(nn.Module):
-  """ResNet-50 feature extractor: [B, H, W, 3] -> {"C3": [B, H/8, W/8, 512],
-  "C4": [B, H/16, W/16, 1024], "C5": [B, H/32, W/32, 2048]} (sizes rounded up).
+def resnet_layers(name: str) -> tuple:
+  """((layer name, planes, blocks, stride), ...) of a torchvision ResNet ('resnet50', ...)."""
+  if name not in RESNET_BLOCKS:
+    raise ValueError(f"unknown ResNet {name!r}; known: {sorted(RESNET_BLOCKS)}")
+  return tuple((f"layer{i + 1}", 64 * 2 ** i, n, 1 if i == 0 else 2)
+               for i, n in enumerate(RESNET_BLOCKS[name]))
+
+
+class ResNet(nn.Module):
+  """torchvision ResNet-50/101/152 feature extractor: [B, H, W, 3] -> {"C3": [B, H/8, W/8,
+  512], "C4": [B, H/16, W/16, 1024], "C5": [B, H/32, W/32, 2048]} (sizes rounded up), up to
+  layer `last_layer` (e.g. 3: no res5, as HR/Tiny Faces).
 
   The stem ConvBN is named "stem" (PyTorch conv1/bn1); block j of layer k is f"layer{k}_{j}".
   """
+  depth: str = "resnet50"
+  last_layer: int = 4
   impl: str = "auto"
   dtype: Any = None
 
@@ -118,26 +129,27 @@ class ResNet50(nn.Module):
     x = ConvBN(64, 7, 2, activation="relu", name="stem", **kw)(x, train)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     taps = {}
-    for name, planes, blocks, stride in RESNET50_LAYERS:
+    for name, planes, blocks, stride in resnet_layers(self.depth)[:self.last_layer]:
       for j in range(blocks):
         x = Bottleneck(planes, stride if j == 0 else 1, downsample=(j == 0),
                        name=f"{name}_{j}", **kw)(x, train)
-      if name in RESNET50_TAPS:
-        taps[RESNET50_TAPS[name]] = x
+      if name in RESNET_TAPS:
+        taps[RESNET_TAPS[name]] = x
     return taps
 
 
 BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
-                 "resnet50": ("C3", "C4", "C5")}
+                 **{name: ("C3", "C4", "C5") for name in RESNET_BLOCKS}}
 
 
 def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: float = 0.1,
                   module_name: Optional[str] = "body", impl: str = "auto",
                   dtype: Any = None) -> nn.Module:
-  """Backbone by name ('mobilenet0.25' or 'resnet50'); ResNet-50 ignores the activation.
-  `impl` / `dtype`: how convs are computed and in which dtype (models/layers.py)."""
+  """Backbone by name ('mobilenet0.25', 'resnet50', 'resnet101', 'resnet152'); ResNets
+  ignore the activation. `impl` / `dtype`: how convs are computed and in which dtype
+  (models/layers.py)."""
   if name == "mobilenet0.25":
     return MobileNetV1(activation, negative_slope, impl=impl, dtype=dtype, name=module_name)
-  if name == "resnet50":
-    return ResNet50(impl=impl, dtype=dtype, name=module_name)
+  if name in RESNET_BLOCKS:
+    return ResNet(depth=name, impl=impl, dtype=dtype, name=module_name)
   raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONE_TAPS)}")

@@ -38,7 +38,7 @@ class RetinaFaceConfig:
   """Static configuration of a RetinaFace model.
 
   Attributes:
-    backbone: 'mobilenet0.25' or 'resnet50'.
+    backbone: 'mobilenet0.25', 'resnet50', 'resnet101' or 'resnet152'.
     activation: 'leaky_relu' or 'relu', used in the MobileNet backbone, FPN and SSH inner
       convs (the SSH output is always ReLU; ResNet-50 is always ReLU).
     negative_slope: LeakyReLU slope.
@@ -75,6 +75,9 @@ PRESETS = {
     # Pytorch_Retinaface cfg_re50 (out_channel 256 > 64 makes FPN/SSH LeakyReLU(0) = ReLU).
     "resnet50": RetinaFaceConfig(backbone="resnet50", activation="relu", in_channel=256,
                                  out_channel=256),
+    # The same heads on a deeper trunk (insightface's RetinaFace-R152 layout of taps).
+    "resnet152": RetinaFaceConfig(backbone="resnet152", activation="relu", in_channel=256,
+                                  out_channel=256),
 }
 
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax.models.backbones import MOBILENET_025_STAGES, RESNET50_LAYERS, make_backbone
+from tinyfaces_jax.models.backbones import (MOBILENET_025_STAGES, RESNET_BLOCKS, make_backbone,
+                                            resnet_layers)
 from tinyfaces_jax.models.retinaface import RetinaFace, RetinaFaceConfig
 from tinyfaces_jax.pretrained.torch_pickle import load_torch_checkpoint, state_dict_of
 
@@ -55,10 +56,10 @@ def mobilenet_entries(tp: str, fp: tuple) -> list[Entry]:
   return out
 
 
-def resnet50_entries(tp: str, fp: tuple) -> list[Entry]:
-  """torchvision ResNet-50 entries (no fc)."""
+def resnet_entries(tp: str, fp: tuple, depth: str = "resnet50") -> list[Entry]:
+  """torchvision ResNet-50/101/152 entries (no fc)."""
   out = _conv_bn(f"{tp}conv1", f"{tp}bn1", fp + ("stem",))
-  for layer, _planes, blocks, _stride in RESNET50_LAYERS:
+  for layer, _planes, blocks, _stride in resnet_layers(depth):
     for j in range(blocks):
       t, f = f"{tp}{layer}.{j}", fp + (f"{layer}_{j}",)
       for m in (1, 2, 3):
@@ -71,8 +72,8 @@ def resnet50_entries(tp: str, fp: tuple) -> list[Entry]:
 def backbone_entries(backbone: str, tp: str, fp: tuple) -> list[Entry]:
   if backbone == "mobilenet0.25":
     return mobilenet_entries(tp, fp)
-  if backbone == "resnet50":
-    return resnet50_entries(tp, fp)
+  if backbone in RESNET_BLOCKS:
+    return resnet_entries(tp, fp, backbone)
   raise ValueError(f"no checkpoint layout for backbone {backbone!r}")
 
 
