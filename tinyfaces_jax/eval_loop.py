@@ -66,27 +66,35 @@ def local_copy(tree, mesh):
       tree)
 
 
-def _allgather(dets: dict) -> dict:
-  """Merges every host's {key: [K, 5]} on all hosts (a no-op on one host)."""
-  if jax.process_count() == 1:
-    return dets
-  from jax.experimental import multihost_utils
+def pack_detections(dets: dict) -> np.ndarray:
+  """{key: [K, 5]} -> uint8 bytes (an .npz of keys, counts and the stacked rows)."""
   buf = io.BytesIO()
   keys = list(dets)
   np.savez(buf, keys=np.asarray(keys, dtype=str),
            counts=np.asarray([len(dets[k]) for k in keys], np.int64),
            rows=np.concatenate([dets[k] for k in keys]) if keys else np.zeros((0, 5)))
-  data = np.frombuffer(buf.getvalue(), np.uint8)
+  return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def unpack_detections(blob: np.ndarray) -> dict:
+  """Inverse of `pack_detections` (trailing padding allowed)."""
+  z = np.load(io.BytesIO(np.asarray(blob, np.uint8).tobytes()))
+  offsets = np.concatenate([[0], np.cumsum(z["counts"])])
+  return {str(k): z["rows"][offsets[i]:offsets[i + 1]] for i, k in enumerate(z["keys"])}
+
+
+def _allgather(dets: dict) -> dict:
+  """Merges every host's {key: [K, 5]} on all hosts (a no-op on one host)."""
+  if jax.process_count() == 1:
+    return dets
+  from jax.experimental import multihost_utils
+  data = pack_detections(dets)
   sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64)).reshape(-1)
   padded = np.zeros(int(sizes.max()), np.uint8)
   padded[:data.size] = data
-  everything = multihost_utils.process_allgather(padded)
   out = {}
-  for blob, n in zip(everything, sizes):
-    z = np.load(io.BytesIO(blob[:int(n)].tobytes()))
-    offsets = np.concatenate([[0], np.cumsum(z["counts"])])
-    for i, key in enumerate(z["keys"]):
-      out[str(key)] = z["rows"][offsets[i]:offsets[i + 1]]
+  for blob, n in zip(multihost_utils.process_allgather(padded), sizes):
+    out.update(unpack_detections(blob[:int(n)]))
   return out
 
 
