@@ -93,8 +93,9 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def abstract_state(spec: RunSpec):
-  """(optax chain, image shape) for the configured detector (no arrays materialised)."""
+def optimizer_and_shape(spec: RunSpec):
+  """(optax chain, training image shape [S, S, 3]) of the configured run (the optimizer is
+  built from the parameter shapes only; no arrays are materialised)."""
   s = spec.data.image_size
   shapes = jax.eval_shape(lambda: spec.detector.init_variables((s, s)))
   return optim.make_optimizer(spec.optim, shapes["params"]), (s, s, 3)
@@ -103,7 +104,7 @@ def abstract_state(spec: RunSpec):
 def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
   """-> (state, start step): restored from the manager's checkpoints (the latest, or `step`),
   else initialised (+ the configured imported weights)."""
-  tx, shape = abstract_state(spec)
+  tx, shape = optimizer_and_shape(spec)
   state = train_step.create_train_state(spec.detector.model, tx, shape,
                                         jax.random.key(spec.seed), mesh)
   if manager.latest_step() is None and step is None:
