@@ -131,7 +131,7 @@ def main():
   state = train_step.create_train_state(model, tx, (a.size, a.size, 3), jax.random.key(0), mesh)
   anchors = jnp.asarray(anchors_lib.anchor_grid(SPEC, (a.size, a.size)))
   step = train_step.make_train_step(
-      model, lambda o, b: losses.multibox_loss(o, b, anchors), mesh)
+      model, lambda o, b, k: losses.multibox_loss(o, b, anchors), mesh)
   ds = pipeline.train_dataset(builder, "train", batch_size=a.batch,
                               transform=recipes.make_transform("retinaface", size=a.size),
                               max_boxes=64, seed=0, process_index=0, process_count=1)

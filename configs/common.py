@@ -111,6 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_output = 750
   c.eval.pixel_offset = 1.0
   c.eval.bucket = 128
+  c.eval.max_branch_size = 0            # skip test scales whose input side exceeds it (0: none)
   c.eval.gt_dir = ""                    # official ground-truth .mat folder; "" = from the split
   c.eval.baselines_dir = ""             # official PR curves to plot beside ours
   c.eval.max_images = 0                 # 0 = the whole split

@@ -63,3 +63,30 @@ def test_cluster_filters_and_subsamples_deterministically():
   assert np.all(a.wh >= 10)
   with pytest.raises(ValueError, match="fewer than"):
     templates.cluster_templates(xyxy[:3], num_templates=8)
+
+
+def test_cluster_templates_command(tmp_path):
+  """The CLI clusters a WIDER-format file's faces into a .mat that the HR detector reads."""
+  import scipy.io
+  from tinyfaces_jax import cluster_templates
+  rng = np.random.default_rng(0)
+  lines = []
+  for i in range(40):
+    n = 5
+    lines += [f"0--A/{i}.jpg", str(n)]
+    for _ in range(n):
+      w, h = rng.integers(12, 200), rng.integers(12, 240)
+      lines.append(f"{rng.integers(0, 100)} {rng.integers(0, 100)} {w} {h} 0 0 0 0 0 0 ")
+  ann = tmp_path / "bbx_gt.txt"
+  ann.write_text("\n".join(lines) + "\n")
+  out = tmp_path / "t.mat"
+  assert cluster_templates.main([f"--annotations={ann}", f"--out={out}", "--num=6",
+                                 "--scaled"]) == 0
+  c = scipy.io.loadmat(str(out))["clusters"]
+  assert c.shape == (6, 5)
+  t = templates.load_templates(str(out))
+  h = t.wh[:, 1]
+  # sigma from the height before scaling: > 140 px at 0.5 (stored halved), < 40 at 2 (doubled)
+  assert np.all(h[t.sigma == 0.5] > 70) and np.all(h[t.sigma == 2.0] < 80)
+  assert set(np.unique(t.sigma)) <= {0.5, 1.0, 2.0}
+  np.testing.assert_allclose(t.boxes[:, :2], -t.boxes[:, 2:])     # centred

@@ -46,7 +46,7 @@ def setup(devices, lr=0.05):
   state = train_step.create_train_state(model, tx_for(model, lr), (*HW, 3),
                                         jax.random.key(0), mesh)
   step = train_step.make_train_step(
-      model, lambda o, b: losses.multibox_loss(o, b, anchors, cfg), mesh)
+      model, lambda o, b, k: losses.multibox_loss(o, b, anchors, cfg), mesh)
   return mesh, state, step
 
 

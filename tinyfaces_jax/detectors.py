@@ -36,9 +36,11 @@ class Detector:
     name: family name, e.g. "retinaface".
     model: the flax module; `model.apply(variables, preprocess(images), train=...)` -> outputs.
     preprocess: [B, H, W, 3] float32 RGB 0..255 -> model input.
-    loss: (outputs, batch) -> (scalar loss, metrics); the training image size is read from
-      batch["image"] (static), so anchors/templates are trace-time constants.
-    decode: (outputs, (H, W)) -> dict(boxes [B, A, 4], scores [B, A], landmarks [B, A, P, 2]).
+    loss: (outputs, batch, key) -> (scalar loss, metrics); `key` drives sampling inside the
+      loss (OHEM draws); the training image size is read from batch["image"] (static), so
+      anchors/templates are trace-time constants.
+    decode: (outputs, (H, W), scale) -> dict(boxes [B, A, 4], scores [B, A], landmarks
+      [B, A, P, 2]); `scale` is the test scale of the branch (HR prunes templates by it).
     pad_value: RGB value that `preprocess` maps to zero (padding of size buckets).
     landmark_flip: permutation of the P landmarks under a horizontal flip (None: none).
     import_weights: path -> {'params', 'batch_stats'} of the whole model (public checkpoints).
@@ -81,11 +83,13 @@ def _retinaface(model: dict, loss: dict) -> Detector:
   def preprocess(images):
     return images[..., ::-1].astype(jnp.float32) - mean_bgr
 
-  def loss_fn(outputs, batch):
+  def loss_fn(outputs, batch, key=None):
+    del key
     anchors = jnp.asarray(anchors_lib.anchor_grid(spec, tuple(batch["image"].shape[1:3])))
     return losses.multibox_loss(outputs, batch, anchors, loss_cfg)
 
-  def decode(outputs, image_hw):
+  def decode(outputs, image_hw, scale=1.0):
+    del scale
     d = retinaface.decode(outputs, cfg, tuple(image_hw))
     b, a = d["scores"].shape
     return {"boxes": d["boxes"], "scores": d["scores"],
@@ -106,7 +110,12 @@ def _retinaface(model: dict, loss: dict) -> Detector:
                   import_backbone=import_backbone, backbone_scope="body")
 
 
-BUILDERS: dict[str, Callable[[dict, dict], Detector]] = {"retinaface": _retinaface}
+def _hr(model: dict, loss: dict) -> Detector:
+  from tinyfaces_jax import hr_detector
+  return hr_detector.build(model, loss)
+
+
+BUILDERS: dict[str, Callable[[dict, dict], Detector]] = {"retinaface": _retinaface, "hr": _hr}
 
 
 def build_detector(name: str, model: Any = None, loss: Any = None) -> Detector:

@@ -7,7 +7,8 @@ original pixels, gathered on host 0, evaluated with the official WIDER FACE prot
 (evaluation/wider.py) against the split's ground truth (or the official .mat files), and
 written under `out_dir`:
   predictions/<event>/<stem>.txt   the official submission layout
-  aps.json                         APs, face and detection counts, timings
+  aps.json                         APs, AP per face-height bin (`ap_by_height`, evaluation/
+                                   size_bins.py), face and detection counts, timings
   wider_pr_curve_<setting>_val.png PR curves (beside the official baselines when given)
 """
 
@@ -27,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tinyfaces_jax import inference, sharding
 from tinyfaces_jax.detectors import Detector
-from tinyfaces_jax.evaluation import plots, wider, wider_io
+from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Evaluator:
     wider_io.write_predictions(out / "predictions", dets)
     plots.plot_result(result, out, method_name, self.loop_cfg.baselines_dir or None)
     summary.update(aps=result.aps, num_faces=result.num_faces, missing=len(result.missing),
+                   ap_by_height=size_bins.to_json(size_bins.ap_by_height(dets, gt)),
                    seconds=round(time.time() - t0, 2))
     (out / "aps.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -51,6 +51,9 @@ class InferenceConfig:
     max_output: K, detections kept per image (reference keep_top_k 750).
     pixel_offset: 1.0 for the +1-pixel NMS areas of py_cpu_nms.
     bucket: padded H and W are multiples of it (one compile per bucket).
+    max_branch_size: a test scale whose input would have a side above it is skipped for that
+      bucket (0 = never; the HR release skips upsampled images over 5000 px). The scale 1
+      branch always runs.
   """
   resize: str = "none"
   target_size: int = 1600
@@ -63,6 +66,7 @@ class InferenceConfig:
   max_output: int = 750
   pixel_offset: float = 1.0
   bucket: int = 32
+  max_branch_size: int = 0
 
   def __post_init__(self):
     if self.resize not in RESIZE_POLICIES:
@@ -124,7 +128,8 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
     if flip:
       x = x[:, :, ::-1]
     out = detector.model.apply(variables, detector.preprocess(x), train=False)
-    d = detector.decode(jax.tree.map(lambda v: v.astype(jnp.float32), out), (hs, ws))
+    d = detector.decode(jax.tree.map(lambda v: v.astype(jnp.float32), out), (hs, ws),
+                        scale=scale)
     boxes, landmarks = d["boxes"], d.get("landmarks")
     if flip:
       boxes, landmarks = _flip_back(boxes, landmarks, float(ws), detector.landmark_flip)
@@ -134,12 +139,17 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
       landmarks = landmarks / jnp.asarray([sx, sy], jnp.float32)
     return boxes, d["scores"], landmarks
 
-  branches = [(float(s), f) for s in cfg.scales for f in ((False, True) if cfg.flip
-                                                         else (False,))]
+  flips = (False, True) if cfg.flip else (False,)
+
+  def branches_for(h: int, w: int) -> list:
+    out = [(float(s), f) for s in cfg.scales for f in flips
+           if float(s) == 1.0 or not cfg.max_branch_size
+           or max(h, w) * float(s) <= cfg.max_branch_size]
+    return out or [(1.0, f) for f in flips]
 
   @jax.jit
   def predict(variables, images):
-    parts = [branch(variables, images, s, f) for s, f in branches]
+    parts = [branch(variables, images, s, f) for s, f in branches_for(*images.shape[1:3])]
     if len(parts) == 1:
       boxes, scores, landmarks = parts[0]
       top_k: Optional[int] = cfg.pre_nms_top_k

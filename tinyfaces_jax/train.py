@@ -29,6 +29,7 @@ import numpy as np
 from tinyfaces_jax import (checkpointing, detectors, eval_loop, inference, optim, settings,
                            sharding, train_step)
 from tinyfaces_jax.data import sources
+from tinyfaces_jax.evaluation import size_bins
 
 SECTIONS = ("detector", "seed", "data", "model", "loss", "optim", "train", "eval", "init")
 
@@ -199,6 +200,10 @@ def train_and_evaluate(config, workdir: str, *,
            f"{r['aps']['medium']:.4f} hard {r['aps']['hard']:.4f} on {r['num_images']} "
            f"images ({r['num_faces']['hard']} faces, {r['num_detections']} detections, "
            f"{r['seconds']:.0f} s)")
+      _log("  hard AP by face height: " + "  ".join(
+          f"{size_bins.bin_label(b['lo'], b['hi'] if b['hi'] is not None else float('inf'))}"
+          f" {b['ap']:.3f} ({b['num_faces']})" for b in r["ap_by_height"]
+          if b["ap"] is not None))
 
   if start == 0 and tc.eval_every:
     evaluate(0)

@@ -20,7 +20,8 @@ from jax.sharding import Mesh
 from tinyfaces_jax import sharding
 from tinyfaces_jax.train_state import TrainState
 
-LossFn = Callable[[dict, dict], tuple[jnp.ndarray, dict]]
+# (outputs, batch, key) -> (scalar loss, metrics); `key` drives in-loss sampling (OHEM draws).
+LossFn = Callable[[dict, dict, jax.Array], tuple[jnp.ndarray, dict]]
 
 
 def create_train_state(model, tx: optax.GradientTransformation, image_shape: tuple[int, ...],
@@ -55,15 +56,16 @@ def make_train_step(model, loss_fn: LossFn, mesh: Mesh, *, bf16: bool = False,
 
   def step(state: TrainState, batch: dict, base_key: jax.Array):
     key = jax.random.fold_in(base_key, state.step)
+    dropout_key, loss_key = jax.random.split(key)
     images = batch["image"] if preprocess is None else preprocess(batch["image"])
     images = images.astype(jnp.bfloat16 if bf16 else jnp.float32)
 
     def compute_loss(params):
       variables = {"params": params, "batch_stats": state.batch_stats}
       outputs, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": key})
+                                      rngs={"dropout": dropout_key})
       outputs = jax.tree.map(lambda x: x.astype(jnp.float32), outputs)
-      loss, metrics = loss_fn(outputs, batch)
+      loss, metrics = loss_fn(outputs, batch, loss_key)
       return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(

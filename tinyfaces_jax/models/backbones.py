@@ -1,4 +1,4 @@
-"""Backbones in Flax (NHWC): MobileNetV1-0.25 and ResNet-50/101/152.
+"""Backbones in Flax (NHWC): MobileNetV1-0.25, ResNet-50/101/152 and VGG16.
 
   * `MobileNetV1`: Pytorch_Retinaface `models/net.py` MobileNetV1 (width 0.25: channels
     8..256). Taps {"stage1": stride 8, 64 ch; "stage2": stride 16, 128 ch; "stage3":
@@ -22,7 +22,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 
-from tinyfaces_jax.models.layers import ACTIVATIONS, ConvBN, activate  # noqa: F401
+from tinyfaces_jax.models.layers import ACTIVATIONS, Conv2D, ConvBN, activate  # noqa: F401
 
 class DepthwiseSeparable(nn.Module):
   """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw")."""
@@ -138,8 +138,41 @@ class ResNet(nn.Module):
     return taps
 
 
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+class VGG16(nn.Module):
+  """VGG16 convolutions (3x3 + bias + ReLU, 2x2 max pools between blocks; no BatchNorm, no
+  classifier), torchvision `vgg16().features` layout. Taps {"C3": conv4_3, stride 8, 512 ch;
+  "C4": conv5_3, stride 16, 512 ch} (the HR-VGG16 taps); blocks up to `last_block` (1-5).
+  Pools use ceil mode, so a tap of stride s has ceil(H / s) x ceil(W / s) cells. Conv j of
+  block b is named f"conv{b}_{j}".
+  """
+  last_block: int = 5
+  impl: str = "auto"
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    taps = {}
+    for b, (features, n) in enumerate(VGG16_BLOCKS[:self.last_block], start=1):
+      if b > 1:
+        h, w = x.shape[1:3]
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
+      for j in range(1, n + 1):
+        x = jax.nn.relu(Conv2D(features, 3, use_bias=True, impl=self.impl, dtype=self.dtype,
+                               name=f"conv{b}_{j}")(x))
+      if b == 4:
+        taps["C3"] = x
+      if b == 5:
+        taps["C4"] = x
+    return taps
+
+
 BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
-                 **{name: ("C3", "C4", "C5") for name in RESNET_BLOCKS}}
+                 **{name: ("C3", "C4", "C5") for name in RESNET_BLOCKS},
+                 "vgg16": ("C3", "C4")}
 
 
 def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: float = 0.1,
@@ -152,4 +185,6 @@ def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: flo
     return MobileNetV1(activation, negative_slope, impl=impl, dtype=dtype, name=module_name)
   if name in RESNET_BLOCKS:
     return ResNet(depth=name, impl=impl, dtype=dtype, name=module_name)
+  if name == "vgg16":
+    return VGG16(impl=impl, dtype=dtype, name=module_name)
   raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONE_TAPS)}")

@@ -16,7 +16,7 @@ Compute dtype: `dtype` (e.g. bfloat16) casts input and kernel; parameters stay f
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -74,6 +74,7 @@ class Conv2D(nn.Module):
   use_bias: bool = False
   impl: str = "auto"
   dtype: Any = None
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
@@ -81,7 +82,7 @@ class Conv2D(nn.Module):
       raise ValueError(f"unknown conv impl {self.impl!r}; known: {IMPLS}")
     cin = x.shape[-1]
     k, s, p = self.kernel, self.stride, self.kernel // 2
-    w = self.param("kernel", nn.initializers.lecun_normal(),
+    w = self.param("kernel", self.kernel_init,
                    (k, k, cin // self.groups, self.features), jnp.float32)
     dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
     x, w = x.astype(dtype), w.astype(dtype)

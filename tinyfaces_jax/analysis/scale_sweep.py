@@ -1,0 +1,262 @@
+"""Which resolution works best for which face size: WIDER AP per face-height bin across a sweep.
+
+  python -m tinyfaces_jax.analysis.scale_sweep --sweep_dir=DIR [--out=DIR/scale_sweep.png] \
+      [--step=latest|K]
+
+Hu & Ramanan ("Finding Tiny Faces", CVPR 2017) train the same template set applied at
+different image resolutions (0.5x, 1x, 2x) and plot the AP on faces of each size against face
+size, one curve per resolution: 2x wins on tiny faces, 0.5x on large ones. Here the runs are those
+of a sweep launched by `launch/sweep.py` (its `<sweep_dir>/sweep.json`), and the AP of each bin
+is read from the `"ap_by_height"` entry of each run's `<workdir>/eval/step_<k>/aps.json`:
+
+  "ap_by_height": [{"lo": 0.0, "hi": 10.0, "num_faces": 3, "ap": 0.41}, ...,
+                   {"lo": 320.0, "hi": null, "num_faces": 393, "ap": 0.93}]
+
+(`evaluation.size_bins.to_json(size_bins.ap_by_height(...))`; hi null = no upper bound, ap null
+= a bin without faces). A run's workdir is `<sweep_dir>/<name>` when that folder exists (a sweep
+copied from a cluster), else the workdir recorded in sweep.json. Runs without the data (not
+evaluated yet, an older aps.json, a missing step) are listed with the reason, not plotted.
+
+Outputs: a PNG (x: face height, log scale, one tick per bin with its face count; y: AP; one line
+per run labelled `name (overrides)`), a CSV beside it (one row per run, one column per bin) and
+the same table on stdout. Exit status 0 when the plot was written, 1 when no run has the data,
+2 when sweep.json is missing or malformed. From a notebook: `load_sweep` then `plot_sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import re
+import sys
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tinyfaces_jax.evaluation import size_bins
+
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def eval_steps(workdir) -> list:
+  """Steps k with a `<workdir>/eval/step_<k>/aps.json`, increasing."""
+  root = pathlib.Path(workdir) / "eval"
+  if not root.is_dir():
+    return []
+  return sorted(int(m.group(1)) for p in root.iterdir()
+                if (m := _STEP_RE.match(p.name)) and (p / "aps.json").is_file())
+
+
+def read_manifest(sweep_dir) -> dict:
+  """`<sweep_dir>/sweep.json` -> dict (FileNotFoundError / ValueError naming the file)."""
+  path = pathlib.Path(sweep_dir) / "sweep.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: give the --base_workdir of launch/sweep.py")
+  try:
+    manifest = json.loads(path.read_text())
+  except ValueError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  runs = manifest.get("runs") if isinstance(manifest, dict) else None
+  if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs):
+    raise ValueError(f"{path}: expected {{'sweep': ..., 'runs': [{{'name': ..., ...}}]}}")
+  return manifest
+
+
+def _resolve_workdir(sweep_dir: pathlib.Path, run: dict) -> pathlib.Path | None:
+  for cand in (sweep_dir / run["name"], run.get("workdir")):
+    if cand and "://" not in str(cand) and pathlib.Path(cand).is_dir():
+      return pathlib.Path(cand)
+  return None
+
+
+def load_run(sweep_dir, run: dict, step=None) -> dict:
+  """One run of sweep.json -> dict(name, overrides, workdir, step, ap_by_height, aps, problem).
+
+  ap_by_height: rows {"lo", "hi" (inf for an open bin), "num_faces", "ap" (None: no faces)},
+  or None with `problem` saying why (no workdir, no aps.json, no "ap_by_height" key, ...).
+  """
+  sweep_dir = pathlib.Path(sweep_dir)
+  out = {"name": run["name"], "overrides": dict(run.get("overrides") or {}), "workdir": None,
+         "step": None, "ap_by_height": None, "aps": None, "problem": None}
+  workdir = _resolve_workdir(sweep_dir, run)
+  if workdir is None:
+    out["problem"] = (f"no workdir: neither {sweep_dir / run['name']} nor "
+                      f"{run.get('workdir')} exists (not started?)")
+    return out
+  out["workdir"] = str(workdir)
+  steps = eval_steps(workdir)
+  if not steps:
+    out["problem"] = f"no {workdir}/eval/step_<k>/aps.json (not evaluated yet?)"
+    return out
+  k = steps[-1] if step in (None, "latest") else int(step)
+  if k not in steps:
+    out["problem"] = (f"no {workdir}/eval/step_{k}/aps.json (steps with aps.json: "
+                      f"{', '.join(map(str, steps))})")
+    return out
+  out["step"] = k
+  path = workdir / "eval" / f"step_{k}" / "aps.json"
+  try:
+    aps = json.loads(path.read_text())
+  except ValueError as e:
+    out["problem"] = f"{path}: not valid JSON ({e})"
+    return out
+  out["aps"] = aps.get("aps") if isinstance(aps, dict) else None
+  if not isinstance(aps, dict) or "ap_by_height" not in aps:
+    out["problem"] = (f"{path} has no 'ap_by_height' (evaluated before per-size APs were "
+                      f"written? `tinyfaces_jax.main --mode=eval` re-evaluates)")
+    return out
+  try:
+    out["ap_by_height"] = size_bins.from_json(aps["ap_by_height"], f"{path}: ap_by_height")
+  except ValueError as e:
+    out["problem"] = str(e)
+  return out
+
+
+def load_sweep(sweep_dir, step=None) -> list:
+  """Every run of `<sweep_dir>/sweep.json` with its per-size APs at `step` (None / "latest":
+  each run's latest evaluated step) -> list of `load_run` dicts, in sweep order."""
+  manifest = read_manifest(sweep_dir)
+  return [load_run(sweep_dir, r, step) for r in manifest["runs"]]
+
+
+def sweep_name(sweep_dir) -> str:
+  """The sweep's name recorded in sweep.json ("" when absent)."""
+  return str(read_manifest(sweep_dir).get("sweep", ""))
+
+
+def _value_text(v) -> str:
+  if isinstance(v, (list, tuple)):
+    return "(" + ",".join(_value_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+  return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_label(run: dict) -> str:
+  """`name (path=value, ...)`: the legend entry of a run."""
+  ov = ", ".join(f"{k}={_value_text(v)}" for k, v in run["overrides"].items())
+  return f"{run['name']} ({ov})" if ov else run["name"]
+
+
+def all_bins(runs: list) -> list:
+  """The (lo, hi) bins of every run with data, sorted by lo, hi -> [(lo, hi, num_faces)]."""
+  bins = {}
+  for r in runs:
+    for row in r["ap_by_height"] or []:
+      bins.setdefault((row["lo"], row["hi"]), row["num_faces"])
+  return [(lo, hi, n) for (lo, hi), n in sorted(bins.items())]
+
+
+def _ap_map(run: dict) -> dict:
+  return {(row["lo"], row["hi"]): row["ap"] for row in run["ap_by_height"] or []}
+
+
+def format_table(runs: list) -> str:
+  """Run x bin AP table (text), with a first line of face counts per bin."""
+  bins = all_bins(runs)
+  width = max([len("faces")] + [len(r["name"]) for r in runs]) + 2
+  head = f"{'run':<{width}}{'step':>7}" + "".join(f"{size_bins.bin_label(lo, hi):>9}"
+                                                   for lo, hi, _ in bins)
+  lines = [head, f"{'faces':<{width}}{'':>7}" + "".join(f"{n:>9d}" for _, _, n in bins)]
+  for r in runs:
+    if r["ap_by_height"] is None:
+      lines.append(f"{r['name']:<{width}}{'-':>7}  no data: {r['problem']}")
+      continue
+    aps = _ap_map(r)
+    cells = [aps.get((lo, hi)) for lo, hi, _ in bins]
+    lines.append(f"{r['name']:<{width}}{r['step']:>7d}" + "".join(
+      f"{'-' if a is None else f'{a:.4f}':>9}" for a in cells))
+  return "\n".join(lines)
+
+
+def write_csv(runs: list, path) -> pathlib.Path:
+  """CSV: columns run, step, overrides, one AP column per bin label, problem; one row per run
+  (APs written with repr, so they read back as the JSON's floats; empty = no value)."""
+  bins = all_bins(runs)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["run", "step", "overrides"] + [size_bins.bin_label(lo, hi) for lo, hi, _ in bins]
+               + ["problem"])
+    for r in runs:
+      aps = _ap_map(r)
+      cells = [aps.get((lo, hi)) for lo, hi, _ in bins]
+      w.writerow([r["name"], "" if r["step"] is None else r["step"],
+                  json.dumps(r["overrides"], sort_keys=True)]
+                 + ["" if a is None else repr(float(a)) for a in cells] + [r["problem"] or ""])
+  return path
+
+
+def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height") -> pathlib.Path:
+  """AP against face height (log x, bins at their geometric centres), one line per run with
+  data; writes the PNG at `out_path` (parents created) and returns its path."""
+  bins = all_bins(runs)
+  if not bins:
+    raise ValueError("no run has ap_by_height data: nothing to plot (see load_sweep's problems)")
+  fig = Figure(figsize=(8.5, 5.5), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  for r in runs:
+    if r["ap_by_height"] is None:
+      continue
+    pts = [(size_bins.bin_centre(row["lo"], row["hi"]), row["ap"]) for row in r["ap_by_height"]
+           if row["ap"] is not None]
+    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", lw=2.0, label=run_label(r))
+  ax.set_xscale("log")
+  centres = [size_bins.bin_centre(lo, hi) for lo, hi, _ in bins]
+  ax.set_xticks(centres, [f"{size_bins.bin_label(lo, hi)}\nn={n}" for lo, hi, n in bins])
+  ax.minorticks_off()
+  ax.set_xlim(min(centres) / 1.5, max(centres) * 1.5)
+  ax.set_ylim(0.0, 1.0)
+  ax.set_xlabel("face height (pixels, original image)", fontsize=12)
+  ax.set_ylabel("AP on the faces of the bin", fontsize=12)
+  ax.grid(True, alpha=0.4)
+  ax.set_title(title, fontsize=13, fontweight="bold")
+  ax.legend(loc="best", fontsize=9, framealpha=0.9)
+  fig.tight_layout()
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_path, format="png")
+  return out_path
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(prog="python -m tinyfaces_jax.analysis.scale_sweep",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--sweep_dir", required=True, help="a launch/sweep.py --base_workdir")
+  p.add_argument("--out", default=None, help="PNG path (default <sweep_dir>/scale_sweep.png); "
+                 "the CSV goes beside it")
+  p.add_argument("--step", default="latest", help="'latest' (per run) or a step number")
+  args = p.parse_args(argv)
+  if args.step != "latest" and not args.step.isdigit():
+    p.error(f"--step must be 'latest' or a step number, got {args.step!r}")
+  return args
+
+
+def main(argv=None) -> int:
+  """Loads, prints, writes the CSV and the PNG; returns the exit status (see the module doc)."""
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    name = sweep_name(args.sweep_dir)
+    runs = load_sweep(args.sweep_dir, args.step)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"scale_sweep: error: {e}", file=sys.stderr)
+    return 2
+  out = pathlib.Path(args.out) if args.out else pathlib.Path(args.sweep_dir) / "scale_sweep.png"
+  print(format_table(runs))
+  missing = [r for r in runs if r["ap_by_height"] is None]
+  for r in missing:
+    print(f"scale_sweep: {r['name']}: no per-size APs: {r['problem']}", file=sys.stderr)
+  csv_path = write_csv(runs, out.with_suffix(".csv"))
+  if len(missing) == len(runs):
+    print(f"scale_sweep: no run has per-size APs; wrote {csv_path} only", file=sys.stderr)
+    return 1
+  title = f"{name}: WIDER val AP by face height" if name else "WIDER val AP by face height"
+  png = plot_sweep(runs, out, title=title)
+  print(f"wrote {png} and {csv_path} ({len(runs) - len(missing)} of {len(runs)} runs plotted)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
