@@ -108,3 +108,16 @@ def test_base_scale_policies():
   assert inference.bucket_hw(630, 1200, 128) == (640, 1280)
   with pytest.raises(ValueError, match="resize must be one of"):
     inference.InferenceConfig(resize="fitt")
+
+
+def test_scales_over_max_branch_size_are_skipped(retinaface):
+  """The 2x branch of a 480 x 640 image (1280 px) is skipped under max_branch_size 1000: the
+  result is the single-scale one (how the HR pyramid bounds memory on large images)."""
+  det, variables, ref = retinaface
+  img = ref["t1_image_rgb"]
+  one = predict_one(det, variables, img)
+  capped = predict_one(det, variables, img, scales=(1.0, 2.0), max_branch_size=1000)
+  np.testing.assert_array_equal(capped["scores"], one["scores"])
+  both = predict_one(det, variables, img, scales=(1.0, 2.0), max_branch_size=2000)
+  assert len(both["scores"]) != len(one["scores"]) or not np.array_equal(both["scores"],
+                                                                          one["scores"])
