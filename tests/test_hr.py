@@ -47,7 +47,7 @@ def test_bilinear_upsample_is_matconvnet_conv_transpose(hw):
 
 
 @pytest.mark.parametrize("backbone", hr.BACKBONES)
-@pytest.mark.parametrize("hw", [(64, 64), (71, 97), (80, 120), (500, 500), (33, 17)])
+@pytest.mark.parametrize("hw", [(71, 96), (80, 120), (500, 500), (33, 17)])
 def test_output_shapes_odd_and_even(backbone, hw):
   """Score maps are min(ceil(H/8), 2 ceil(H/16) - 1): the stride-8 map cropped to the
   upsampled stride-16 map (its last row dropped when its size is even)."""
@@ -62,7 +62,9 @@ def test_output_shapes_odd_and_even(backbone, hw):
     assert want == (63, 63)                       # the release's 500 x 500 training map
 
 
-@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet0.25", "vgg16"])
+@pytest.mark.parametrize("backbone", [
+    pytest.param("resnet50", marks=pytest.mark.slow),
+    pytest.param("mobilenet0.25", marks=pytest.mark.slow), "vgg16"])
 def test_receptive_field_centres_of_the_taps(backbone):
   """With positive weights, identity BatchNorm and a positive random input every unit is
   linear, so |d tap[y, x] / d input| is centred on the cell's receptive field (max pools
@@ -249,6 +251,7 @@ def test_hr_trains_and_evaluates_end_to_end(tmp_path):
   assert len(list((tmp_path / "wd/eval/step_4/predictions").rglob("*.txt"))) == 8
 
 
+@pytest.mark.slow
 def test_hr_step_8_devices_equals_1(shared_dir):
   """The HR loss draws its hard-mining subsets from the step key: the same draws, losses and
   labels whatever the sharding."""
