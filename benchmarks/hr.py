@@ -37,7 +37,6 @@ threads suffer most from other jobs on the cores: try --peer_threads 1 there).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
@@ -52,6 +51,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_file  # noqa: E402
 from tinyfaces_jax import detectors, hr_detector, inference, optim  # noqa: E402
 from tinyfaces_jax import sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
@@ -382,18 +382,11 @@ def main():
         "Timings on a shared machine are noisy: quote numbers from a quiet machine.)")
   print(f"tensorflow imported: {'tensorflow' in sys.modules}")
   if a.results is not None:
-    path = pathlib.Path(a.results or ROOT / "benchmarks" / "results" / f"hr_{platform}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"device_kind": dev.device_kind, "platform": platform, "device_count": n_dev,
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "settings": vars(a),
-            "peak_tflops_per_device": a.peak_tflops,
-            "peer": None if not run_torch else "torch CPU; train: fixed cells (excludes "
-                    "labelling/mining); pyramid: forward + threshold (excludes decode/NMS)",
-            "peer_skipped_reason": no_torch, "results": rows,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {path}")
-
+    results_file.write_results(a.results, "hr", {
+        "settings": vars(a), "peak_tflops_per_device": a.peak_tflops,
+        "peer": None if not run_torch else "torch CPU; train: fixed cells (excludes "
+                "labelling/mining); pyramid: forward + threshold (excludes decode/NMS)",
+        "peer_skipped_reason": no_torch, "results": rows})
 
 if __name__ == "__main__":
   main()

@@ -51,7 +51,6 @@ def _pin_threads(argv) -> int:
 
 THREADS = _pin_threads(sys.argv) if __name__ == "__main__" else os.cpu_count()
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

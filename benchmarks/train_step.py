@@ -31,7 +31,6 @@ CPU timings on a shared machine are noisy: quote numbers from a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -45,6 +44,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import results_file  # noqa: E402
 from tinyfaces_jax import detectors, losses, optim, sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, matching, sampling  # noqa: E402
@@ -228,19 +228,11 @@ def main():
         "machine are noisy.)")
   print(f"tensorflow imported: {'tensorflow' in sys.modules}")
   if a.results is not None:
-    path = pathlib.Path(a.results or ROOT / "benchmarks" / "results" /
-                        f"train_step_{platform}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"device_kind": dev.device_kind, "platform": platform, "device_count": n_dev,
-            "cpu_count": os.cpu_count(), "jax": jax.__version__,
-            "peak_tflops_per_device": a.peak_tflops,
-            "peer": None if not run_torch else "torch CPU, precomputed targets "
-                                               "(excludes matching/OHEM)",
-            "peer_skipped_reason": no_torch, "configs": rows,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path.write_text(json.dumps(info, indent=2) + "\n")
-    print(f"wrote {path}")
-
+    results_file.write_results(a.results, "train_step", {
+        "peak_tflops_per_device": a.peak_tflops,
+        "peer": None if not run_torch else "torch CPU, precomputed targets "
+                                           "(excludes matching/OHEM)",
+        "peer_skipped_reason": no_torch, "configs": rows})
 
 if __name__ == "__main__":
   main()

@@ -66,7 +66,7 @@ def list_images(inputs) -> list[pathlib.Path]:
   return out
 
 
-def load_image(path) -> "np.ndarray":
+def load_image(path):
   """-> [H, W, 3] uint8 RGB (EXIF orientation applied); ValueError naming the file."""
   import numpy as np
   from PIL import Image, ImageOps

@@ -17,7 +17,6 @@ eval/step_<k>/ (predictions, aps.json, PR curves).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import time
@@ -26,7 +25,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from tinyfaces_jax import (checkpointing, detectors, eval_loop, inference, optim, settings,
+from tinyfaces_jax import (checkpointing, detectors, eval_loop, inference, optim, settings,  # noqa: F401
                            sharding, train_step)
 from tinyfaces_jax.data import sources
 from tinyfaces_jax.evaluation import size_bins

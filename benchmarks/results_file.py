@@ -1,0 +1,26 @@
+"""The `--results` JSON of the benchmarks: the numbers plus the device that produced them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def write_results(requested: str, default_stem: str, payload: dict) -> pathlib.Path:
+  """Writes payload + device info to `requested` (or results/<stem>_<platform>.json when
+  the flag was given without a value); returns the path."""
+  dev = jax.devices()[0]
+  path = pathlib.Path(requested or RESULTS_DIR / f"{default_stem}_{dev.platform}.json")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  info = {"device_kind": dev.device_kind, "platform": dev.platform,
+          "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+          "jax": jax.__version__, **payload, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+  path.write_text(json.dumps(info, indent=2) + "\n")
+  print(f"wrote {path}")
+  return path
