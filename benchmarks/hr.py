@@ -353,17 +353,12 @@ def main():
       torch.set_num_threads(a.peer_threads)
     except ImportError as e:  # the GPU image has no torch
       no_torch = str(e)
-  run_torch = not a.no_peer and no_torch is None
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), {os.cpu_count()} "
         f"cpus; HR {a.backbone}")
-  if a.no_peer:
-    print("peer: disabled (--no_peer)")
-  elif not run_torch:
-    print(f"peer: SKIPPED, torch is not importable ({no_torch}); reporting ours only")
-  else:
-    print(f"peer: PyTorch CPU, torch.set_num_threads({a.peer_threads}); train: it EXCLUDES "
-          "template labelling + hard mining (fixed cells), ours INCLUDES them; pyramid: it "
-          "EXCLUDES decoding + NMS, ours INCLUDES them")
+  run_torch = results_file.report_peer(
+      a.no_peer, no_torch, f"PyTorch CPU, torch.set_num_threads({a.peer_threads}); train: it "
+      "EXCLUDES template labelling + hard mining (fixed cells), ours INCLUDES them; pyramid: "
+      "it EXCLUDES decoding + NMS, ours INCLUDES them")
   det = detectors.build_detector("hr", {"backbone": a.backbone, "templates": a.templates}, {})
   rows = {}
   if "train" in configs:

@@ -24,3 +24,16 @@ def write_results(requested: str, default_stem: str, payload: dict) -> pathlib.P
   path.write_text(json.dumps(info, indent=2) + "\n")
   print(f"wrote {path}")
   return path
+
+
+def report_peer(no_peer: bool, no_torch, description: str) -> bool:
+  """Prints whether the PyTorch peer runs (no_torch: why torch did not import, or None);
+  -> whether it runs."""
+  if no_peer:
+    print("peer: disabled (--no_peer)")
+    return False
+  if no_torch is not None:
+    print(f"peer: SKIPPED, torch is not importable ({no_torch}); reporting ours only")
+    return False
+  print(f"peer: {description}")
+  return True

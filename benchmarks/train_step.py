@@ -178,16 +178,12 @@ def main():
   platform, n_dev = dev.platform, jax.device_count()
   want_flops = a.flops or platform != "cpu"
   no_torch = None if a.no_peer else torch_available()
-  run_torch = not a.no_peer and no_torch is None
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), "
         f"{os.cpu_count()} cpus; bf16={a.bf16}; conv_impl={a.conv_impl}")
-  if a.no_peer:
-    print("peer: disabled (--no_peer)")
-  elif not run_torch:
-    print(f"peer: SKIPPED, torch is not importable ({no_torch}); reporting ours only")
-  else:
-    print(f"peer: PyTorch CPU, torch.set_num_threads({os.cpu_count()}); it EXCLUDES in-step "
-          "matching + OHEM (targets precomputed once with our matcher), ours INCLUDES them")
+  run_torch = results_file.report_peer(
+      a.no_peer, no_torch, f"PyTorch CPU, torch.set_num_threads({os.cpu_count()}); it "
+      "EXCLUDES in-step matching + OHEM (targets precomputed once with our matcher), ours "
+      "INCLUDES them")
   rows = []
   for name in a.configs.split(","):
     preset, size = CONFIGS[name]
