@@ -17,7 +17,9 @@ sweep (name, config, per run: name, overrides, workdir, command) for
 `[<name>] ` prefix and copied to `<workdir>/launch.log`; a run that exits 0 gets
 `<workdir>/DONE` and is skipped later (unless --force); a failed run does not stop the sweep
 (exit status 1 at the end). SIGTERM is forwarded to the running command (which checkpoints and
-exits) and ends the sweep. `scheme://` base workdirs (gs://) go through tf.io.gfile.
+exits) and ends the sweep. A base workdir may be a URL (gs://...): every file goes through
+etils.epath and the run workdirs are `<base URL>/<name>` URLs; nothing local is created for
+them (launch.log is then written once per run attempt, not appended).
 See launch/README.md (cluster / Cloud TPU jobs).
 """
 
@@ -30,7 +32,6 @@ import importlib.util
 import json
 import numbers
 import os
-import pathlib
 import re
 import shlex
 import signal
@@ -39,6 +40,11 @@ import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `python launch/sweep.py` puts launch/ first, not the repo
+  sys.path.insert(0, REPO_ROOT)
+
+from tinyfaces_jax import paths  # noqa: E402  (etils.epath; TensorFlow only for URLs)
+
 MANIFEST = "sweep.json"
 DONE = "DONE"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._,=+-]*$")
@@ -49,47 +55,35 @@ class SweepError(Exception):
   """A sweep that cannot be planned or launched (the message names the file / run)."""
 
 
-def _is_url(path: str) -> bool:
-  return "://" in str(path)
-
-
-def _gfile():
-  import tensorflow as tf  # only for gs:// (and other scheme://) workdirs
-  return tf.io.gfile
-
-
 def _join(base: str, name: str) -> str:
-  return f"{base.rstrip('/')}/{name}" if _is_url(base) else os.path.join(base, name)
+  """`<base>/<name>` as a string: a URL stays a URL (`paths.resolve`)."""
+  return os.fspath(paths.resolve(base) / name)
 
 
 def _exists(path: str) -> bool:
-  return _gfile().exists(path) if _is_url(path) else os.path.exists(path)
+  return paths.resolve(path).exists()
 
 
 def _write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` (parents created; atomic rename for local files)."""
-  if _is_url(path):
-    _gfile().makedirs(path.rsplit("/", 1)[0])
-    with _gfile().GFile(path, "w") as f:
-      f.write(text)
+  """Writes `text` to `path` (parents created; a local file atomically, by a rename)."""
+  p = paths.resolve(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  if paths.is_url(p):
+    p.write_text(text)
     return
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  pathlib.Path(f"{path}.tmp{os.getpid()}").write_text(text)
-  os.replace(f"{path}.tmp{os.getpid()}", path)
+  tmp = p.with_name(f"{p.name}.tmp{os.getpid()}")
+  tmp.write_text(text)
+  tmp.replace(p)
 
 
 def _remove(path: str) -> None:
-  if _exists(path):
-    _gfile().remove(path) if _is_url(path) else os.remove(path)
-
+  paths.resolve(path).unlink(missing_ok=True)
 
 
 def load_config_module(path: str):
   """Imports a config file by path (repository root on sys.path, for `configs.common`)."""
   if not os.path.isfile(path):
     raise SweepError(f"config file not found: {path}")
-  if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
   name = "_sweep_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -158,14 +152,14 @@ def _type_ok(default, value) -> bool:
 
 def check_overrides(cfg, runs: list, where: str) -> None:
   """Every override path exists in the ConfigDict `cfg` and its value has the field's type."""
-  paths = None
+  known = None
   for run in runs:
     for key, value in run["overrides"].items():
       node, parts = cfg, key.split(".")
       for depth, part in enumerate(parts):
         if not (hasattr(node, "keys") and part in node.keys()):
-          paths = paths or _all_paths(cfg)
-          close = difflib.get_close_matches(key, paths, n=1, cutoff=0.5)
+          known = known or _all_paths(cfg)
+          close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
           hint = f"; did you mean {close[0]!r}?" if close else ""
           raise SweepError(f"{where}: run {run['name']!r}: override {key!r}: no field "
                            f"{'.'.join(parts[:depth + 1])!r} in the config{hint}")
@@ -221,7 +215,7 @@ def plan_sweep(config: str, sweep: str, base_workdir: str, extra=(),
     except Exception as e:
       raise SweepError(f"{config}: get_config failed: {type(e).__name__}: {e}") from e
     check_overrides(cfg, runs, f"{path}: sweep {sweep!r}")
-  base = base_workdir if _is_url(base_workdir) else os.path.abspath(base_workdir)
+  base = os.fspath(paths.resolve(base_workdir))
   out = []
   for i, run in enumerate(runs):
     workdir = _join(base, run["name"])
@@ -242,8 +236,7 @@ def write_manifest(manifest: dict, force: bool = False) -> str:
   path = _join(manifest["base_workdir"], MANIFEST)
   if _exists(path) and not force:
     try:
-      with (_gfile().GFile(path, "r") if _is_url(path) else open(path)) as f:
-        old = json.load(f)
+      old = json.loads(paths.resolve(path).read_text())
       same = _identity(old) == _identity(json.loads(json.dumps(manifest)))
     except (ValueError, KeyError, TypeError):
       same = False
@@ -254,9 +247,17 @@ def write_manifest(manifest: dict, force: bool = False) -> str:
   return path
 
 
+def _open_log(log_path: str | None):
+  """The log file of a run: appended locally, (re)written for a URL, os.devnull for None."""
+  if not log_path:
+    return open(os.devnull, "a")
+  return paths.resolve(log_path).open("w" if paths.is_url(log_path) else "a")
+
 
 def stream_command(cmd: list, prefix: str, log_path: str | None = None, env=None) -> int:
-  """Runs `cmd`, printing each output line with `prefix` (and copying it to `log_path`)."""
+  """Runs `cmd`, printing each output line with `prefix` (and copying it to `log_path`:
+  appended to a local file; a URL is written when the command ends, object stores cannot
+  append)."""
   try:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", bufsize=1, env=env)
@@ -265,7 +266,7 @@ def stream_command(cmd: list, prefix: str, log_path: str | None = None, env=None
     return 127
   _STATE["proc"] = proc
   try:
-    with open(log_path if log_path and not _is_url(log_path) else os.devnull, "a") as log:
+    with _open_log(log_path) as log:
       for line in proc.stdout:
         sys.stdout.write(prefix + line)
         sys.stdout.flush()
@@ -330,8 +331,7 @@ def run_sweep(manifest: dict, runs: list, force: bool = False, runner=None) -> l
         results.append((name, "skipped"))
         continue
       _remove(done)
-      if not _is_url(workdir):
-        os.makedirs(workdir, exist_ok=True)
+      paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
       print(f"[sweep] run {k + 1}/{len(runs)} {name}: {run['command_line']}", flush=True)
       t0 = time.time()
       rc = runner(run["command"], f"[{name}] ", _join(workdir, "launch.log"), env)

@@ -1,19 +1,25 @@
 """`python -m tinyfaces_jax.detect` on the real photos in ../shared/reference/images: the faces
 an independent detector (the MTCNN reference outputs) finds are found, the outputs follow the
-documented layout, unreadable images are named and skipped, and a training workdir loads."""
+documented layout, unreadable images are named and skipped, a training workdir loads, and
+images, outputs and weights may be URLs (ram://, the gs:// code path)."""
 
 import json
 import shutil
 import subprocess
 import sys
 
+import io
+
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
+import url_fs
 from configs import retinaface_mnet025, test as test_config
-from tinyfaces_jax import checkpointing, detect, sharding, train
+from tinyfaces_jax import checkpointing, detect, detectors, sharding, train
 from tinyfaces_jax.detection import box_ops
+from url_fs import ram_dir  # noqa: F401  (fixture)
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -25,6 +31,16 @@ def config(resize="none"):
   return c
 
 
+_LOADED = {}
+
+
+def _load_once(spec, weights, mesh, _load=detect.load_variables):
+  """`detect.load_variables`, once per weights file in this module (the slow part of a run)."""
+  if weights not in _LOADED:
+    _LOADED[weights] = _load(spec, weights, mesh)
+  return _LOADED[weights]
+
+
 @pytest.fixture(scope="module")
 def detections(shared_dir, tmp_path_factory):
   images = tmp_path_factory.mktemp("images")
@@ -33,7 +49,9 @@ def detections(shared_dir, tmp_path_factory):
   (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
   out = tmp_path_factory.mktemp("out")
   weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
-  result = detect.run(config(), str(weights), str(out), [str(images)], log=lambda m: None)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(detect, "load_variables", _load_once)
+    result = detect.run(config(), str(weights), str(out), [str(images)], log=lambda m: None)
   return result, out, images
 
 
@@ -87,8 +105,8 @@ def test_weights_from_a_training_workdir(tmp_path):
   c = test_config.get_config()
   spec = train.RunSpec.from_config(c)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  manager = checkpointing.make_manager(str(tmp_path))
-  state, _ = train.initial_state(spec, mesh, manager)
+  manager = checkpointing.make_manager(tmp_path / "checkpoints")
+  state = train.initial_state(spec, mesh, manager)[0]
   state = state.replace(step=state.step + 7,
                         params=jax.tree.map(lambda x: x + 1.0, state.params))
   checkpointing.save(manager, state, force=True)
@@ -101,6 +119,33 @@ def test_weights_from_a_training_workdir(tmp_path):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with pytest.raises(FileNotFoundError, match="checkpoints/9: no such file or folder"):
     detect.load_variables(spec, str(tmp_path / "checkpoints" / "9"), mesh)
+
+
+def test_url_images_and_output_dir(shared_dir, ram_dir, monkeypatch):
+  """Images read from, and JSON + PNG written to, ram:// URLs (the gs:// code path); the
+  record names the image URL; nothing appears on the local disk."""
+  monkeypatch.setattr(detect, "load_variables", _load_once)  # the fixture's weights
+  images = url_fs.copy_tree(shared_dir / "reference/images/ivan.jpg", ram_dir / "in/ivan.jpg")
+  (ram_dir / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+  weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
+  out = ram_dir / "out"
+  result = detect.run(config(), str(weights), str(out), [str(ram_dir / "in")],
+                      log=lambda m: None)
+  assert result["images"] == 1 and result["failed"] == [f"{ram_dir}/in/broken.jpg"]
+  record = json.loads((out / "ivan.json").read_text())
+  assert record["image"] == str(images) and len(record["faces"]) == 1
+  with Image.open(io.BytesIO((out / "ivan.png").read_bytes())) as im:
+    assert im.format == "PNG" and im.size == (record["width"], record["height"])
+  # --weights as a URL file: the importer chain that train.initial_state runs reads it
+  spec = train.RunSpec.from_config(config())
+  shapes = jax.eval_shape(spec.detector.init_variables)
+  remote = url_fs.copy_tree(weights, ram_dir / "w" / weights.name)
+  loaded, what = detectors.load_initial_weights(spec.detector, shapes, checkpoint=str(remote))
+  assert what == f"whole model from {remote}"
+  local = _load_once(spec, str(weights), None)[0]["params"]
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded["params"]),
+                                                   jax.tree.leaves(local)))
+  assert url_fs.local_entries(".") == []
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ from PIL import Image
 
 pytest.importorskip("skimage", reason="the embedded dataset needs scikit-image")
 
+import url_fs  # noqa: E402
 from tinyfaces_jax.data import embedded  # noqa: E402
+from url_fs import ram_dir  # noqa: E402,F401  (fixture)
 
 NUM_TRAIN, NUM_VAL = 48, 12
 
@@ -144,3 +146,24 @@ def test_pasted_faces_are_not_flat_patches(built, parsed):
   x, y, w, h = rows[int(np.argmax([r[3] for r in rows]))][:4]
   face = image[y:y + h, x:x + w]
   assert face.std() > 8.0
+
+
+def test_build_into_a_url(built, ram_dir):
+  """Built under a ram:// URL (the gs:// code path): the same bytes as on the disk, rebuilt
+  only when asked; nothing on the local disk."""
+  root = embedded.build_embedded_wider(ram_dir / "wider", num_train=3, num_val=1, seed=3)
+  assert str(root) == f"{ram_dir}/wider"
+  manifest = json.loads((root / embedded.MANIFEST).read_text())
+  assert manifest["splits"]["train"]["images"] == 3
+  gt = (root / "wider_face_split" / "wider_face_train_bbx_gt.txt").read_text()
+  names = [n for n in gt.splitlines() if n.endswith(".jpg")]
+  assert len(names) == 3
+  for name in names:
+    local = (built / "WIDER_train" / "images" / name).read_bytes()
+    assert (root / "WIDER_train" / "images" / name).read_bytes() == local
+  (root / "README.md").write_text("marker")
+  embedded.build_embedded_wider(str(root), num_train=3, num_val=1, seed=3)  # same: skipped
+  assert (root / "README.md").read_text() == "marker"
+  embedded.build_embedded_wider(root, num_train=3, num_val=1, seed=3, force=True)
+  assert (root / "README.md").read_text().startswith("# Embedded")
+  assert url_fs.local_entries(".") == []

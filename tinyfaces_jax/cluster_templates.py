@@ -10,12 +10,14 @@ Writes a .mat with `clusters` [T, 5] (centred x1 y1 x2 y2 in the +1 convention, 
 `config.model.templates` reads. sigma is 1 for every template unless `--scaled`, which
 assigns the release's three resolutions by template height (the scaled file's rule: faces
 taller than `--big` px are matched at 0.5x, shorter than `--small` px at 2x; the template is
-resized to the resolution it is applied at).
+resized to the resolution it is applied at). `--annotations` and `--out` may be paths or URLs
+(gs://...).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 
 import numpy as np
@@ -44,6 +46,7 @@ def main(argv=None) -> int:
   p.add_argument("--small", type=float, default=40.0)
   a = p.parse_args(argv)
   import scipy.io
+  from tinyfaces_jax import paths
   from tinyfaces_jax.data import wider_annotations
   from tinyfaces_jax.detection import templates
   anns = wider_annotations.parse_bbx_gt(a.annotations)
@@ -54,12 +57,15 @@ def main(argv=None) -> int:
   t = templates.cluster_templates(xyxy, a.num, min_size=(a.min_size, a.min_size), seed=a.seed)
   boxes, sigma = (scale_templates(t.boxes, a.big, a.small) if a.scaled
                   else (t.boxes, t.sigma))
-  scipy.io.savemat(a.out, {"clusters": np.concatenate([boxes, sigma[:, None]], axis=1)
-                           .astype(np.float64)})
+  buf = io.BytesIO()
+  scipy.io.savemat(buf, {"clusters": np.concatenate([boxes, sigma[:, None]], axis=1)
+                         .astype(np.float64)})
+  out = a.out if a.out.endswith(".mat") else a.out + ".mat"  # as savemat(name) names it
+  paths.resolve(out).write_bytes(buf.getvalue())
   wh = boxes[:, 2:] - boxes[:, :2] + 1.0
   for i, ((w, h), s) in enumerate(zip(wh, sigma), start=1):
     print(f"  template {i:2d}: {w:6.1f} x {h:6.1f} px at sigma {s:g}")
-  print(f"wrote {a.out}")
+  print(f"wrote {out}")
   return 0
 
 

@@ -18,21 +18,27 @@ reference visualisation threshold; the WIDER evaluation keeps > 0.02), and `<ste
 the boxes, scores and landmarks drawn. Images are padded to size buckets, so there is one
 compile per bucket, not per image. An unreadable image is reported with its path and skipped;
 the exit status is then 1.
+
+Image files and folders, --weights and --output_dir may be local paths or URLs (gs://...):
+files are read and written through etils.epath, so a URL is never turned into a local folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import pathlib
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
+from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from tinyfaces_jax import paths  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -52,11 +58,12 @@ _DRAW = flags.DEFINE_bool("draw", True, "Write <stem>.png with the detections dr
 flags.mark_flags_as_required(["weights", "output_dir"])
 
 
-def list_images(inputs) -> list[pathlib.Path]:
-  """Files and folders (their image files, sorted, not recursive) -> image paths."""
+def list_images(inputs) -> list[epath.Path]:
+  """Files and folders, paths or URLs (their image files, sorted, not recursive) -> image
+  paths (`paths.resolve`d)."""
   out = []
   for item in inputs:
-    p = pathlib.Path(item).expanduser()
+    p = paths.resolve(item)
     if p.is_dir():
       out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     elif p.is_file():
@@ -67,23 +74,26 @@ def list_images(inputs) -> list[pathlib.Path]:
 
 
 def load_image(path):
-  """-> [H, W, 3] uint8 RGB (EXIF orientation applied); ValueError naming the file."""
+  """Image path or URL -> [H, W, 3] uint8 RGB (EXIF orientation applied); ValueError naming
+  the file."""
   import numpy as np
   from PIL import Image, ImageOps
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(paths.resolve(path).read_bytes())) as im:
       return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
   except (OSError, ValueError, SyntaxError) as e:
     raise ValueError(f"{path}: cannot read the image ({e})") from e
 
 
 def load_variables(spec, weights: str, mesh) -> tuple[dict, str]:
-  """Weights file / workdir / checkpoints/<step> folder -> (variables, description)."""
+  """Weights file / workdir / checkpoints/<step> folder (paths or URLs) -> (variables,
+  description). Both go through `train.initial_state` (imported weights, or the workdir's
+  `checkpoints/` restored), with the path as `paths.resolve` gives it (a URL stays a URL)."""
   from tinyfaces_jax import checkpointing, train
-  p = pathlib.Path(weights).expanduser()
+  p = paths.resolve(weights)
   if p.is_file():
-    spec = dataclasses.replace(spec, init=train.InitConfig(checkpoint=str(p)))
-    state, _ = train.initial_state(spec, mesh, _NoCheckpoints())
+    spec = dataclasses.replace(spec, init=train.InitConfig(checkpoint=os.fspath(p)))
+    state = train.initial_state(spec, mesh, _NoCheckpoints())[0]
     return {"params": state.params, "batch_stats": state.batch_stats}, f"weights {p}"
   if not p.is_dir():
     raise FileNotFoundError(f"--weights {weights}: no such file or folder")
@@ -93,10 +103,10 @@ def load_variables(spec, weights: str, mesh) -> tuple[dict, str]:
   if not (p / "checkpoints").is_dir():
     raise FileNotFoundError(f"--weights {weights}: a folder must be a training workdir (with "
                             "checkpoints/) or one of its checkpoints/<step> folders")
-  manager = checkpointing.make_manager(str(p))
+  manager = checkpointing.make_manager(p / "checkpoints")
   if manager.latest_step() is None:
     raise FileNotFoundError(f"--weights {weights}: no checkpoint in {p / 'checkpoints'}")
-  state, step = train.initial_state(spec, mesh, manager, step)
+  state, step = train.initial_state(spec, mesh, manager, step)[:2]
   manager.close()
   return ({"params": state.params, "batch_stats": state.batch_stats},
           f"checkpoint step {step} of {p}")
@@ -130,10 +140,10 @@ def face_records(det: dict, min_score: float) -> list[dict]:
   return faces
 
 
-def output_stems(paths) -> list[str]:
+def output_stems(image_paths) -> list[str]:
   """Unique output stems: the file stem, with its folder name prefixed on a clash."""
   seen, out = {}, []
-  for p in paths:
+  for p in image_paths:
     stem = p.stem
     if stem in seen:
       stem = f"{p.parent.name}_{p.stem}"
@@ -148,7 +158,8 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
         batch_size: int = 1, draw: bool = True, log=print) -> dict:
   """Detects faces in `inputs` and writes the outputs; -> dict(images, faces, failed).
 
-  `config` is the ml_collections config (its detector and `eval` section are used).
+  `config` is the ml_collections config (its detector and `eval` section are used);
+  `weights`, `output_dir` and `inputs` may be paths or URLs.
   """
   import jax
   import numpy as np
@@ -156,15 +167,15 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
 
   spec = train.RunSpec.from_config(config)
   cfg = spec.inference
-  paths = list_images(inputs)
-  if not paths:
+  images = list_images(inputs)
+  if not images:
     raise FileNotFoundError(f"no images in {list(inputs)}")
   mesh = sharding.make_mesh(jax.devices()[:1])
   variables, what = load_variables(spec, weights, mesh)
   predict = inference.make_predict_fn(spec.detector, cfg)
-  out = pathlib.Path(output_dir).expanduser()
+  out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  log(f"{spec.detector.name} ({what}) on {len(paths)} image(s); scales {list(cfg.scales)}, "
+  log(f"{spec.detector.name} ({what}) on {len(images)} image(s); scales {list(cfg.scales)}, "
       f"flip {cfg.flip}, resize {cfg.resize}, min_score {min_score}")
   from PIL import Image
   groups: dict = {}
@@ -186,11 +197,11 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
       (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
       if draw:
         lm = [f["landmarks"] for f in faces] if faces and "landmarks" in faces[0] else None
-        drawing.draw_boxes(image, [f["box"] for f in faces],
-                           scores=[f["score"] for f in faces],
-                           landmarks=lm).save(out / f"{stem}.png")
+        drawing.save_image(drawing.draw_boxes(image, [f["box"] for f in faces],
+                                              scores=[f["score"] for f in faces],
+                                              landmarks=lm), out / f"{stem}.png")
 
-  for path, stem in zip(paths, output_stems(paths)):
+  for path, stem in zip(images, output_stems(images)):
     try:
       image = load_image(path)
     except ValueError as e:
@@ -210,7 +221,7 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
       flush(key)
   for key in list(groups):
     flush(key)
-  done = len(paths) - len(failed)
+  done = len(images) - len(failed)
   log(f"{done} image(s), {n_faces} face(s) with score >= {min_score} in "
       f"{time.time() - t0:.1f} s ({len(buckets)} size bucket(s)); outputs in {out}"
       + (f"; {len(failed)} unreadable image(s) skipped" if failed else ""))

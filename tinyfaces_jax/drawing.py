@@ -1,11 +1,15 @@
-"""Drawing detections, ground truth and anchors on images (PIL, host side)."""
+"""Drawing detections, ground truth and anchors on images (PIL, host side); `save_image`
+writes one to a path or URL (gs://...) through etils.epath."""
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from tinyfaces_jax import paths
 
 LANDMARK_COLOURS = ((255, 0, 0), (0, 255, 255), (255, 0, 255), (0, 255, 0), (0, 0, 255))
 
@@ -52,3 +56,14 @@ def draw_boxes(image, boxes, *, scores=None, landmarks=None, colour=(0, 255, 0),
         c = LANDMARK_COLOURS[k % len(LANDMARK_COLOURS)]
         draw.ellipse([px - r, py - r, px + r, py + r], fill=c)
   return img
+
+
+def save_image(image, path, format: str = "PNG"):
+  """Writes `image` ([H, W, 3] array or PIL image) to `path` (local or URL; parent folders
+  created) in `format`; returns the path as an epath.Path."""
+  buf = io.BytesIO()
+  to_pil(image).save(buf, format=format)
+  path = paths.resolve(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buf.getvalue())
+  return path

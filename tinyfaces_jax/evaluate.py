@@ -9,18 +9,20 @@ official `wider_face_val.mat` and `wider_{easy,medium,hard}_val.mat`. With `--ou
   * `<method>/wider_pr_info_<method>_<setting>_val.mat`: our curve in the official layout
     (`pr_cruve` [1000, 2] (precision, recall), `legend_name`), usable as a baseline later;
   * `aps.json`: APs, face counts, timings.
+Every folder may be a local path or a URL (gs://...); files go through etils.epath.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import pathlib
 import sys
 
 import numpy as np
 import scipy.io
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.evaluation import plots, wider, wider_io
 
 
@@ -41,16 +43,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def save_pr_info(result: wider.WiderResult, out_dir, method_name: str) -> list:
-  """Writes `<out_dir>/<method>/wider_pr_info_<method>_<setting>_val.mat` (MATLAB v5)."""
-  paths = []
-  folder = pathlib.Path(out_dir) / method_name
+  """Writes `<out_dir>/<method>/wider_pr_info_<method>_<setting>_val.mat` (MATLAB v5; `out_dir`
+  a path or URL); returns their paths."""
+  folder = paths.resolve(out_dir) / method_name
   folder.mkdir(parents=True, exist_ok=True)
+  out = []
   for setting, curve in result.pr_curves.items():
     path = folder / f"wider_pr_info_{method_name}_{setting}_val.mat"
-    scipy.io.savemat(str(path), {"pr_cruve": np.asarray(curve, np.float64),
-                                 "legend_name": method_name})
-    paths.append(path)
-  return paths
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"pr_cruve": np.asarray(curve, np.float64),
+                           "legend_name": method_name})
+    path.write_bytes(buf.getvalue())
+    out.append(path)
+  return out
 
 
 def main(argv=None) -> int:
@@ -63,7 +68,7 @@ def main(argv=None) -> int:
     print(f"{setting.capitalize():<7}Val AP: {result.aps[setting]!r}")
   print("========================================================")
   if args.out_dir:
-    out = pathlib.Path(args.out_dir)
+    out = paths.resolve(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_pr_info(result, out, args.method_name)
     pngs = plots.plot_result(result, out, args.method_name, args.baselines_dir)

@@ -21,8 +21,6 @@ sigma > 1).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +65,7 @@ def build(model: dict, loss: dict) -> Detector:
     raise settings.ConfigError("config.model.templates: the template file is required "
                                "(RefBox_N25_scaled.mat, or one made by "
                                "`python -m tinyfaces_jax.cluster_templates`)")
-  tpl = templates_lib.load_templates(os.path.expanduser(path))
+  tpl = templates_lib.load_templates(path)  # a path (~ expanded) or a URL
   allscale = tuple(model.pop("allscale_templates", DEFAULT_ALLSCALE))
   onescale = tuple(model.pop("onescale_templates", DEFAULT_ONESCALE))
   offset = model.pop("cell_offset", None)

@@ -21,20 +21,25 @@ Outputs: a PNG (x: face height, log scale, one tick per bin with its face count;
 per run labelled `name (overrides)`), a CSV beside it (one row per run, one column per bin) and
 the same table on stdout. Exit status 0 when the plot was written, 1 when no run has the data,
 2 when sweep.json is missing or malformed. From a notebook: `load_sweep` then `plot_sweep`.
+The sweep folder, the workdirs and the outputs may be local paths or URLs (gs://...): every
+file goes through etils.epath.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import pathlib
 import re
 import sys
+from typing import Optional
 
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.evaluation import size_bins
 
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -42,7 +47,7 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 def eval_steps(workdir) -> list:
   """Steps k with a `<workdir>/eval/step_<k>/aps.json`, increasing."""
-  root = pathlib.Path(workdir) / "eval"
+  root = paths.resolve(workdir) / "eval"
   if not root.is_dir():
     return []
   return sorted(int(m.group(1)) for p in root.iterdir()
@@ -51,7 +56,7 @@ def eval_steps(workdir) -> list:
 
 def read_manifest(sweep_dir) -> dict:
   """`<sweep_dir>/sweep.json` -> dict (FileNotFoundError / ValueError naming the file)."""
-  path = pathlib.Path(sweep_dir) / "sweep.json"
+  path = paths.resolve(sweep_dir) / "sweep.json"
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: give the --base_workdir of launch/sweep.py")
   try:
@@ -64,10 +69,18 @@ def read_manifest(sweep_dir) -> dict:
   return manifest
 
 
-def _resolve_workdir(sweep_dir: pathlib.Path, run: dict) -> pathlib.Path | None:
+def _resolve_workdir(sweep_dir: epath.Path, run: dict) -> Optional[epath.Path]:
+  """`<sweep_dir>/<name>` if it is a folder, else the recorded workdir if it is one (either may
+  be a URL; a recorded URL this machine cannot reach counts as absent), else None."""
   for cand in (sweep_dir / run["name"], run.get("workdir")):
-    if cand and "://" not in str(cand) and pathlib.Path(cand).is_dir():
-      return pathlib.Path(cand)
+    if not cand:
+      continue
+    cand = paths.resolve(cand)
+    try:
+      if cand.is_dir():
+        return cand
+    except Exception:  # pylint: disable=broad-except  (no credentials / network for its URL)
+      continue
   return None
 
 
@@ -77,7 +90,7 @@ def load_run(sweep_dir, run: dict, step=None) -> dict:
   ap_by_height: rows {"lo", "hi" (inf for an open bin), "num_faces", "ap" (None: no faces)},
   or None with `problem` saying why (no workdir, no aps.json, no "ap_by_height" key, ...).
   """
-  sweep_dir = pathlib.Path(sweep_dir)
+  sweep_dir = paths.resolve(sweep_dir)
   out = {"name": run["name"], "overrides": dict(run.get("overrides") or {}), "workdir": None,
          "step": None, "ap_by_height": None, "aps": None, "problem": None}
   workdir = _resolve_workdir(sweep_dir, run)
@@ -169,28 +182,30 @@ def format_table(runs: list) -> str:
   return "\n".join(lines)
 
 
-def write_csv(runs: list, path) -> pathlib.Path:
-  """CSV: columns run, step, overrides, one AP column per bin label, problem; one row per run
-  (APs written with repr, so they read back as the JSON's floats; empty = no value)."""
+def write_csv(runs: list, path) -> epath.Path:
+  """CSV at `path` (local or URL): columns run, step, overrides, one AP column per bin label,
+  problem; one row per run (APs written with repr, so they read back as the JSON's floats;
+  empty = no value). Returns the path."""
   bins = all_bins(runs)
-  path = pathlib.Path(path)
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["run", "step", "overrides"] + [size_bins.bin_label(lo, hi) for lo, hi, _ in bins]
+             + ["problem"])
+  for r in runs:
+    aps = _ap_map(r)
+    cells = [aps.get((lo, hi)) for lo, hi, _ in bins]
+    w.writerow([r["name"], "" if r["step"] is None else r["step"],
+                json.dumps(r["overrides"], sort_keys=True)]
+               + ["" if a is None else repr(float(a)) for a in cells] + [r["problem"] or ""])
+  path = paths.resolve(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["run", "step", "overrides"] + [size_bins.bin_label(lo, hi) for lo, hi, _ in bins]
-               + ["problem"])
-    for r in runs:
-      aps = _ap_map(r)
-      cells = [aps.get((lo, hi)) for lo, hi, _ in bins]
-      w.writerow([r["name"], "" if r["step"] is None else r["step"],
-                  json.dumps(r["overrides"], sort_keys=True)]
-                 + ["" if a is None else repr(float(a)) for a in cells] + [r["problem"] or ""])
+  path.write_bytes(f.getvalue().encode("utf-8"))
   return path
 
 
-def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height") -> pathlib.Path:
+def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height") -> epath.Path:
   """AP against face height (log x, bins at their geometric centres), one line per run with
-  data; writes the PNG at `out_path` (parents created) and returns its path."""
+  data; writes the PNG at `out_path` (local or URL; parents created) and returns its path."""
   bins = all_bins(runs)
   if not bins:
     raise ValueError("no run has ap_by_height data: nothing to plot (see load_sweep's problems)")
@@ -215,9 +230,11 @@ def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height")
   ax.set_title(title, fontsize=13, fontweight="bold")
   ax.legend(loc="best", fontsize=9, framealpha=0.9)
   fig.tight_layout()
-  out_path = pathlib.Path(out_path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  out_path = paths.resolve(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out_path, format="png")
+  out_path.write_bytes(buf.getvalue())
   return out_path
 
 
@@ -243,7 +260,7 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f"scale_sweep: error: {e}", file=sys.stderr)
     return 2
-  out = pathlib.Path(args.out) if args.out else pathlib.Path(args.sweep_dir) / "scale_sweep.png"
+  out = paths.resolve(args.out) if args.out else paths.resolve(args.sweep_dir) / "scale_sweep.png"
   print(format_table(runs))
   missing = [r for r in runs if r["ap_by_height"] is None]
   for r in missing:

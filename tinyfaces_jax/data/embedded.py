@@ -49,12 +49,12 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import time
 
 import numpy as np
 from PIL import Image
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.data import blending, face_sources
 
 GENERATOR_VERSION = 1
@@ -273,30 +273,34 @@ def _params(num_train, num_val, seed, image_size) -> dict:
 
 def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed: int = 0,
                          image_size=(320, 640), workers: int | None = None,
-                         force: bool = False) -> pathlib.Path:
+                         force: bool = False):
   """Builds the embedded WIDER-format dataset under `root` (idempotent) and returns `root`.
 
   Args:
-    root: output folder (created).
+    root: output folder (created), a local path or a URL (gs://...; written through epath).
     num_train / num_val: number of images per split.
     seed: generator seed; same seed + params + package versions give the same bytes.
     image_size: (min, max) image side in pixels; the long side is drawn in [0.75 max, max].
     workers: processes (default 1; >1 uses a `spawn` pool, so a calling script needs an
       `if __name__ == "__main__"` guard); the output does not depend on it.
     force: rebuild even if a manifest with the same parameters exists.
+  Returns:
+    `root`: a pathlib.Path for a local folder (as before), an epath.Path for a URL.
   """
-  root = pathlib.Path(root)
+  url = paths.is_url(root)
+  root = paths.resolve(root)
   params = _params(num_train, num_val, seed, image_size)
   manifest_path = root / MANIFEST
   if not force and manifest_path.is_file():
     try:
       if json.loads(manifest_path.read_text())["params"] == params:
-        return root
+        return root if url else pathlib.Path(root)
     except (ValueError, KeyError):
       pass
   start = time.time()
   for _, folder, _ in SPLITS:
-    shutil.rmtree(root / folder, ignore_errors=True)
+    if (root / folder).exists():
+      (root / folder).rmtree(missing_ok=True)
   (root / "wider_face_split").mkdir(parents=True, exist_ok=True)
   if manifest_path.exists():
     manifest_path.unlink()
@@ -336,7 +340,7 @@ def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed
               "build_seconds": round(time.time() - start, 1)}
   (root / "README.md").write_text(_readme(manifest))
   manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-  return root
+  return root if url else pathlib.Path(root)
 
 
 def _readme(manifest) -> str:

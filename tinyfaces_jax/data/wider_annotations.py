@@ -22,6 +22,7 @@ label.txt) and only drop degenerate boxes (SSH: clipped w or h < 1); the evaluat
 invalid faces from every setting's `gt_list` (checked on the official val .mat: 0 of 585), i.e.
 it ignores them. A training pipeline that prefers to ignore them can use `trainable & ~invalid`.
 
+Files may be local paths or URLs (gs://...), read through etils.epath.
 Every malformed input raises `ValueError("<file>:<line>: ...")` with a 1-based line number.
 Axis letters: N faces of one image.
 """
@@ -29,10 +30,13 @@ Axis letters: N faces of one image.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Iterable, Sequence, Union
 
 import numpy as np
+
+from tinyfaces_jax import paths
 
 ATTRIBUTE_NAMES = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 # Largest legal value of each attribute (WIDER FACE readme: blur/occlusion 0-2, others 0-1).
@@ -87,8 +91,8 @@ def trainable_mask(boxes_xywh: np.ndarray) -> np.ndarray:
 def _read_lines(path_or_lines: PathOrLines) -> tuple[str, list[str]]:
   """Returns (name for messages, lines without line endings)."""
   if isinstance(path_or_lines, (str, os.PathLike)):
-    with open(path_or_lines, "r", encoding="utf-8") as f:
-      return os.fspath(path_or_lines), f.read().splitlines()
+    text = paths.resolve(path_or_lines).read_bytes().decode("utf-8")
+    return os.fspath(path_or_lines), text.splitlines()
   return "<lines>", [str(line).rstrip("\r\n") for line in path_or_lines]
 
 
@@ -252,11 +256,12 @@ def _cells(cell) -> list[np.ndarray]:
   return [np.asarray(c) for c in np.asarray(cell, dtype=object).ravel()]
 
 
-def _load_setting(path: str) -> dict[str, tuple[int, np.ndarray]]:
-  """One `wider_<setting>_val.mat` -> name -> (num faces, [K] 0-based kept face indices)."""
+def _load_setting(path) -> dict[str, tuple[int, np.ndarray]]:
+  """One `wider_<setting>_val.mat` (path or URL) -> name -> (num faces, [K] 0-based kept face
+  indices)."""
   import scipy.io  # pylint: disable=g-import-not-at-top
 
-  mat = scipy.io.loadmat(path)
+  mat = scipy.io.loadmat(io.BytesIO(paths.resolve(path).read_bytes()))
   for key in ("event_list", "file_list", "face_bbx_list", "gt_list"):
     if key not in mat:
       raise ValueError(f"{path}: no '{key}' variable (not a WIDER eval_tools ground truth)")
@@ -279,7 +284,7 @@ def _load_setting(path: str) -> dict[str, tuple[int, np.ndarray]]:
 
 
 def load_eval_settings(mat_dir: Union[str, os.PathLike]) -> dict[str, dict[str, np.ndarray]]:
-  """Reads `wider_{easy,medium,hard}_val.mat` from `mat_dir`.
+  """Reads `wider_{easy,medium,hard}_val.mat` from `mat_dir` (a path or URL).
 
   Returns:
     name (`<event>/<name>.jpg`) -> {"easy"|"medium"|"hard": [N] bool}, N the image's face count
@@ -289,8 +294,8 @@ def load_eval_settings(mat_dir: Union[str, os.PathLike]) -> dict[str, dict[str, 
   """
   per_setting = {}
   for setting in SETTINGS:
-    path = os.path.join(os.fspath(mat_dir), f"wider_{setting}_val.mat")
-    if not os.path.isfile(path):
+    path = paths.resolve(mat_dir) / f"wider_{setting}_val.mat"
+    if not path.is_file():
       raise FileNotFoundError(f"WIDER eval ground truth not found: {path}")
     per_setting[setting] = _load_setting(path)
   ref = per_setting[SETTINGS[0]]

@@ -30,10 +30,14 @@ empty when none) and how many train faces found no landmark entry (`faces_withou
 
 Every image is decode-checked while generating; a missing or undecodable image raises an error
 naming it (the WIDER protocol evaluates every listed image, so nothing is skipped).
+
+`manual_dir`, `label_path` and `eval_dir` may be local paths or URLs (gs://...): the release is
+read through etils.epath (zips as seekable file objects). `data_dir` is TFDS's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -46,6 +50,7 @@ import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from etils import epath  # noqa: E402
 
+from tinyfaces_jax import paths  # noqa: E402
 from tinyfaces_jax.data import wider_annotations as wa  # noqa: E402
 
 PathLike = Union[str, os.PathLike]
@@ -76,12 +81,12 @@ class _ReleasePart:
   """
 
   def __init__(self, manual_dir: PathLike, stem: str, marker: str):
-    manual_dir = epath.Path(manual_dir)
+    manual_dir = paths.resolve(manual_dir)
     self.stem = stem
     self.root: Optional[epath.Path] = None
     self.zip_path: Optional[epath.Path] = None
     self._zip: Optional[zipfile.ZipFile] = None
-    self._fobj = None
+    self._files: Optional[contextlib.ExitStack] = None
     self._prefix = ""
     for cand in (manual_dir / stem / stem, manual_dir / stem):
       if (cand / marker).exists():
@@ -102,8 +107,9 @@ class _ReleasePart:
 
   def __enter__(self) -> "_ReleasePart":
     if self.zip_path is not None:
-      self._fobj = self.zip_path.open("rb")
-      self._zip = zipfile.ZipFile(self._fobj)
+      # epath's open is a context manager for URLs (not a file object): keep it entered.
+      self._files = contextlib.ExitStack()
+      self._zip = zipfile.ZipFile(self._files.enter_context(self.zip_path.open("rb")))
       names = self._zip.namelist()
       self._members = set(names)
       self._prefix = f"{self.stem}/" if any(n.startswith(f"{self.stem}/") for n in names) else ""
@@ -112,8 +118,8 @@ class _ReleasePart:
   def __exit__(self, *exc) -> None:
     if self._zip is not None:
       self._zip.close()
-      self._fobj.close()
-      self._zip = self._fobj = None
+      self._files.close()
+      self._zip = self._files = None
 
   def where(self, rel: str) -> str:
     """Human-readable location of member `rel` (for error messages)."""
@@ -159,9 +165,10 @@ def _find_optional(manual_dir: epath.Path, given, candidates, marker: str) -> Op
   if given is False:
     return None
   if given is not None:
-    if not (epath.Path(given) / marker if marker else epath.Path(given)).exists():
-      raise FileNotFoundError(f"not found: {epath.Path(given) / marker if marker else given}")
-    return os.fspath(given)
+    path = paths.resolve(given)
+    if not (path / marker if marker else path).exists():
+      raise FileNotFoundError(f"not found: {path / marker if marker else given}")
+    return os.fspath(path)
   for cand in candidates:
     path = manual_dir / cand if cand else manual_dir
     if (path / marker if marker else path).exists():
@@ -259,7 +266,7 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
     )
 
   def _split_generators(self, dl_manager):
-    manual_dir = epath.Path(dl_manager.manual_dir)
+    manual_dir = paths.resolve(dl_manager.manual_dir)
     ann_part = _ReleasePart(manual_dir, _ANNOTATION_PART, "")
     missing, available = [], []
     if not ann_part.found:
@@ -282,8 +289,8 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
       raise FileNotFoundError(f"WIDER FACE files missing from manual_dir {manual_dir}: "
                               f"{', '.join(missing)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     label_path = _find_optional(manual_dir, self._label_path, _LABEL_CANDIDATES, "")
-    if label_path is not None and epath.Path(label_path).is_dir():
-      label_path = os.fspath(epath.Path(label_path) / "label.txt")
+    if label_path is not None and paths.resolve(label_path).is_dir():
+      label_path = os.fspath(paths.resolve(label_path) / "label.txt")
     eval_dir = _find_optional(manual_dir, self._eval_dir, _EVAL_CANDIDATES, "wider_hard_val.mat")
     self.info.metadata["landmarks_file"] = label_path or ""
     self.info.metadata["eval_settings_dir"] = eval_dir or ""

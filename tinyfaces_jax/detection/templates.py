@@ -16,9 +16,11 @@ exactly and makes a 1e5-box run take seconds.
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 
 import numpy as np
+
+from tinyfaces_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +38,16 @@ class Templates:
     return int(self.boxes.shape[0])
 
 
-def load_templates(path: str, key: str = "clusters") -> Templates:
-  """Reads RefBox_N25(.mat / _scaled.mat). Without a 5th column, sigma is 1 for every row."""
-  if not os.path.exists(path):
+def load_templates(path, key: str = "clusters") -> Templates:
+  """Reads RefBox_N25(.mat / _scaled.mat), a path or URL. Without a 5th column, sigma is 1
+  for every row."""
+  p = paths.resolve(path)
+  if not p.exists():
     raise FileNotFoundError(f"template file not found: {path}")
   import scipy.io  # local import: only the host tools need scipy
+  raw = p.read_bytes()
   try:
-    data = scipy.io.loadmat(path)
+    data = scipy.io.loadmat(io.BytesIO(raw))
   except Exception as e:  # scipy raises several types for non-.mat input
     raise ValueError(f"{path}: not a readable MATLAB v5 .mat file ({e})") from e
   if key not in data:

@@ -44,12 +44,13 @@ the official DiscROC/ContROC of the MTCNN fixture: see tests/test_fddb_eval.py.
 
 from __future__ import annotations
 
+import io
 import math
-import pathlib
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.evaluation.fddb_io import (FddbFormatError, load_folds, read_detection_folds,
                                               read_detections, read_ellipse_list, read_image_list,
                                               read_roc_file, write_detections, write_roc_files)
@@ -445,7 +446,7 @@ def plot_roc(path, curves: dict, max_fp: float = 2000, title: str = "FDDB discre
   """Writes a PNG of ROC curves (true positive rate vs false positives), Agg backend.
 
   Args:
-    path: output PNG path.
+    path: output PNG path or URL (parent folders are created).
     curves: {legend name: [K, >=2] (TPR, FP, ...)} e.g. {"ours": disc_roc, "MTCNN": official}.
     max_fp: x-axis limit.
   """
@@ -467,5 +468,8 @@ def plot_roc(path, curves: dict, max_fp: float = 2000, title: str = "FDDB discre
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   ax.legend(loc="lower right")
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(str(path))
+  path = paths.resolve(path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format=path.suffix[1:].lower() or "png")  # as savefig(name) picks it
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buf.getvalue())

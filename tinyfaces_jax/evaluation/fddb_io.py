@@ -22,13 +22,15 @@ line has the most false positives):
   `<prefix>ContROC.txt`: `TPCont/N FP`
 numbers written by a default C++ ostream (6 significant digits, `%g`); the last line is the
 threshold DBL_MAX (1.79769e+308) with 0 TP, 0 FP when some image has no detection.
+
+Every path may be local or a URL (gs://...): files are read and written through etils.epath.
 """
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
+
+from tinyfaces_jax import paths
 
 ELLIPSE_FIELDS = ("major_axis_radius", "minor_axis_radius", "angle", "center_x", "center_y")
 RECT_FIELDS = ("left", "top", "width", "height", "score")
@@ -47,8 +49,8 @@ def _read_blocks(path, num_fields: int, allow_fewer: int | None = None) -> dict:
     allow_fewer: if given, region lines may have this many fields (e.g. the ellipse list's
       trailing `1` is optional); missing trailing fields are filled with 1.0.
   """
-  path = pathlib.Path(path)
-  lines = path.read_text().splitlines()
+  path = paths.resolve(path)
+  lines = path.read_bytes().decode("utf-8").splitlines()
   out = {}
   i = 0
   n_lines = len(lines)
@@ -130,7 +132,7 @@ def read_detections(path, det_format: str = "rect") -> dict:
 
 def read_image_list(path) -> list:
   """Reads `FDDB-fold-XX.txt` -> [image names] (whitespace separated, as the tool reads it)."""
-  return pathlib.Path(path).read_text().split()
+  return paths.resolve(path).read_bytes().decode("utf-8").split()
 
 
 def load_folds(folds_dir, folds=range(1, 11)) -> tuple:
@@ -138,7 +140,7 @@ def load_folds(folds_dir, folds=range(1, 11)) -> tuple:
 
   Checks that each fold's image list and ellipse list hold the same images in the same order.
   """
-  folds_dir = pathlib.Path(folds_dir)
+  folds_dir = paths.resolve(folds_dir)
   names, gt = [], {}
   for f in folds:
     lst = read_image_list(folds_dir / f"FDDB-fold-{f:02d}.txt")
@@ -175,7 +177,7 @@ def write_detections(path, dets: dict, det_format: str = "rect") -> None:
     lines.append(name)
     lines.append(str(len(rows)))
     lines += [" ".join(f"{v:.6f}" for v in r) for r in rows]
-  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+  paths.resolve(path).write_text("\n".join(lines) + "\n")
 
 
 def _g(x: float) -> str:
@@ -193,8 +195,8 @@ def write_roc_files(prefix, disc_roc, cont_roc) -> tuple:
   Returns:
     (disc path, cont path).
   """
-  prefix = str(prefix)
-  disc_p, cont_p = pathlib.Path(prefix + "DiscROC.txt"), pathlib.Path(prefix + "ContROC.txt")
+  prefix = str(prefix)  # "out/" -> out/DiscROC.txt: no path normalisation before the suffix
+  disc_p, cont_p = paths.resolve(prefix + "DiscROC.txt"), paths.resolve(prefix + "ContROC.txt")
   disc_roc, cont_roc = np.asarray(disc_roc), np.asarray(cont_roc)
   disc_p.write_text("".join(f"{_g(t)} {_g(f)} {_g(s)}\n" for t, f, s in disc_roc[:, :3]))
   cont_p.write_text("".join(f"{_g(t)} {_g(f)}\n" for t, f in cont_roc[:, :2]))
@@ -203,9 +205,9 @@ def write_roc_files(prefix, disc_roc, cont_roc) -> tuple:
 
 def read_roc_file(path) -> np.ndarray:
   """Reads a DiscROC.txt [K, 3] (TPR, FP, threshold) or ContROC.txt [K, 2] (TPR, FP)."""
-  path = pathlib.Path(path)
+  path = paths.resolve(path)
   rows = []
-  for k, line in enumerate(path.read_text().splitlines()):
+  for k, line in enumerate(path.read_bytes().decode("utf-8").splitlines()):
     if not line.strip():
       continue
     try:

@@ -4,12 +4,13 @@ One PNG per setting: our curve beside the official baselines' curves
 (`<baselines_dir>/<method>/wider_pr_info_<method>_<setting>_val.mat`, `pr_cruve` [N, 2]
 (precision, recall), MATLAB v7 or v7.3/HDF5), legend entries `<name>-<AP>` with the AP cut to 5
 characters of MATLAB's num2str (e.g. `HR-0.925`), sorted by AP, recall on x, precision on y.
-Uses matplotlib's Agg canvas directly (no pyplot global state, no display needed).
+Uses matplotlib's Agg canvas directly (no pyplot global state, no display needed). Files and
+folders may be local paths or URLs (gs://...): everything is read and written through epath.
 """
 
 from __future__ import annotations
 
-import pathlib
+import io
 import re
 
 import h5py
@@ -19,9 +20,22 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.evaluation import wider
 
 _BASELINE_RE = re.compile(r"^wider_pr_info_(.+)_(easy|medium|hard)_val\.mat$")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(data: bytes) -> bool:
+  """The HDF5 signature at offset 0 or after a user block (512, 1024, ... bytes; MATLAB v7.3
+  files have a 512-byte one), as `h5py.is_hdf5` checks it."""
+  offset = 0
+  while offset + 8 <= len(data):
+    if data[offset:offset + 8] == _HDF5_SIGNATURE:
+      return True
+    offset = 512 if offset == 0 else 2 * offset
+  return False
 
 
 def _h5_string(ds) -> str:
@@ -30,14 +44,16 @@ def _h5_string(ds) -> str:
 
 
 def load_pr_info(path) -> tuple:
-  """Reads one official `wider_pr_info_*.mat` -> (legend name, [N, 2] (precision, recall))."""
-  path = pathlib.Path(path)
-  if h5py.is_hdf5(str(path)):
-    with h5py.File(path, "r") as f:
+  """Reads one official `wider_pr_info_*.mat` (path or URL) -> (legend name, [N, 2]
+  (precision, recall))."""
+  path = paths.resolve(path)
+  data = path.read_bytes()
+  if _is_hdf5(data):
+    with h5py.File(io.BytesIO(data), "r") as f:
       curve = np.asarray(f["pr_cruve"], np.float64).T  # HDF5 stores MATLAB arrays transposed
       name = _h5_string(f["legend_name"]) if "legend_name" in f else None
   else:
-    m = scipy.io.loadmat(str(path))
+    m = scipy.io.loadmat(io.BytesIO(data))
     curve = np.asarray(m["pr_cruve"], np.float64)
     name = str(np.asarray(m["legend_name"]).ravel()[0]) if "legend_name" in m else None
   if curve.ndim != 2 or curve.shape[1] != 2:
@@ -50,7 +66,7 @@ def load_pr_info(path) -> tuple:
 def load_baselines(baselines_dir, setting: str) -> list:
   """All baseline curves of `setting` -> [(name, [N, 2] (precision, recall))], sorted by file."""
   out = []
-  root = pathlib.Path(baselines_dir)
+  root = paths.resolve(baselines_dir)
   for path in sorted(root.glob("*/wider_pr_info_*_val.mat")):
     m = _BASELINE_RE.match(path.name)
     if m and m.group(2) == setting:
@@ -69,7 +85,7 @@ def plot_pr_curves(curves: list, out_path, title: str = "", highlight: str | Non
 
   Args:
     curves: [(name, [N, 2] (precision, recall))]; AP of each is computed with `voc_ap`.
-    out_path: PNG path (parent folders are created).
+    out_path: PNG path or URL (parent folders are created).
     title: figure title, e.g. "WIDER FACE val - hard".
     highlight: name of our method, drawn black and on top.
   """
@@ -96,19 +112,22 @@ def plot_pr_curves(curves: list, out_path, title: str = "", highlight: str | Non
   ax.legend(loc="lower right", fontsize=8 if len(items) > 12 else 10, ncol=2 if len(items) > 12
             else 1, framealpha=0.9)
   fig.tight_layout()
-  out_path = pathlib.Path(out_path)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  out_path = paths.resolve(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out_path, format="png")
+  out_path.write_bytes(buf.getvalue())
 
 
 def plot_result(result, out_dir, method_name: str, baselines_dir=None) -> list:
-  """One PNG per setting: `<out_dir>/wider_pr_curve_<setting>_val.png`; returns the paths."""
-  paths = []
+  """One PNG per setting: `<out_dir>/wider_pr_curve_<setting>_val.png` (`out_dir` a path or
+  URL); returns their paths."""
+  out = []
   for setting, curve in result.pr_curves.items():
     curves = [(method_name, curve)]
     if baselines_dir is not None:
       curves += [(n, c) for n, c in load_baselines(baselines_dir, setting) if n != method_name]
-    path = pathlib.Path(out_dir) / f"wider_pr_curve_{setting}_val.png"
+    path = paths.resolve(out_dir) / f"wider_pr_curve_{setting}_val.png"
     plot_pr_curves(curves, path, f"WIDER FACE val - {setting}", highlight=method_name)
-    paths.append(path)
-  return paths
+    out.append(path)
+  return out

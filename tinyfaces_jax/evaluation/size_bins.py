@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
+import os
 from typing import Sequence
 
 import numpy as np
@@ -111,7 +111,7 @@ def ap_by_height(pred, gt, edges: Sequence[float] = DEFAULT_HEIGHT_BINS,
     None (bin without faces)}, in bin order.
   """
   edges = check_edges(edges)
-  if isinstance(pred, (str, pathlib.Path)):
+  if isinstance(pred, (str, os.PathLike)):
     pred = wider_io.read_predictions(pred)
   if not isinstance(gt, wider_io.WiderGroundTruth):
     gt = wider_io.load_ground_truth(gt)

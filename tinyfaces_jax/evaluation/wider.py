@@ -29,7 +29,7 @@ searchsorted. Axis letters: K predictions, G ground-truth faces, T thresholds.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import os
 import time
 import warnings
 
@@ -146,8 +146,9 @@ def evaluate(pred, gt_dir, version: str = "auto", iou_thresh: float = IOU_THRESH
   """Evaluates predictions on WIDER FACE val (easy / medium / hard).
 
   Args:
-    pred: {"<event>/<stem>": [K, 5] x y w h score} or a directory in the submission layout.
-    gt_dir: folder of the official .mat ground truth, or a loaded `WiderGroundTruth`.
+    pred: {"<event>/<stem>": [K, 5] x y w h score} or a directory (path or URL) in the
+      submission layout.
+    gt_dir: folder (path or URL) of the official .mat ground truth, or a loaded `WiderGroundTruth`.
     version: ground-truth version check, see `wider_io.load_ground_truth`.
     iou_thresh, thresh_num: protocol constants (0.5, 1000 officially).
     verbose: print progress and a timing summary; log_every: images between progress lines.
@@ -158,7 +159,7 @@ def evaluate(pred, gt_dir, version: str = "auto", iou_thresh: float = IOU_THRESH
   gt = (gt_dir if isinstance(gt_dir, wider_io.WiderGroundTruth)
         else wider_io.load_ground_truth(gt_dir, version))
   t1 = time.perf_counter()
-  if isinstance(pred, (str, pathlib.Path)):
+  if isinstance(pred, (str, os.PathLike)):
     pred = wider_io.read_predictions(pred)
   t2 = time.perf_counter()
   gt_keys = set(gt.keys)

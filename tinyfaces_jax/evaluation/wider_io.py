@@ -11,20 +11,28 @@ Predictions (the official submission layout): one file `<event>/<stem>.txt` per 
   line 2: K, the number of boxes,
   then K lines `x y w h score`.
 Images are keyed project-wide by `"<event>/<stem>"`, e.g. `"0--Parade/0_Parade_Parade_0_102"`.
+
+Folders may be local paths or URLs (`gs://...`): every file goes through `etils.epath`; for a
+URL the 3226 small prediction files are read / written by `URL_THREADS` threads (one request
+each).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
+import io
+from concurrent import futures
 from typing import Mapping
 
 import numpy as np
 import scipy.io
+from etils import epath
+
+from tinyfaces_jax import paths
 
 SETTINGS = ("easy", "medium", "hard")
 VERSIONS = ("auto", "current", "2016")
+URL_THREADS = 16
 
 
 class PredictionFormatError(ValueError):
@@ -63,10 +71,18 @@ def _cell_str(cell) -> str:
   return str(a.ravel()[0]) if a.size else ""
 
 
-def _load_mat(path: pathlib.Path) -> dict:
+def _load_mat(path: epath.Path) -> dict:
   if not path.is_file():
     raise FileNotFoundError(f"ground-truth file not found: {path}")
-  return scipy.io.loadmat(str(path))
+  return scipy.io.loadmat(io.BytesIO(path.read_bytes()))
+
+
+def _map(fn, items: list, url: bool) -> list:
+  """[fn(x) for x in items]; in `URL_THREADS` threads for URL files (results in order)."""
+  if not url or len(items) < 2:
+    return [fn(x) for x in items]
+  with futures.ThreadPoolExecutor(URL_THREADS) as pool:
+    return list(pool.map(fn, items))
 
 
 def load_ground_truth(gt_dir, version: str = "auto") -> WiderGroundTruth:
@@ -81,7 +97,7 @@ def load_ground_truth(gt_dir, version: str = "auto") -> WiderGroundTruth:
   """
   if version not in VERSIONS:
     raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-  gt_dir = pathlib.Path(gt_dir)
+  gt_dir = paths.resolve(gt_dir)
   full = _load_mat(gt_dir / "wider_face_val.mat")
   events = [_cell_str(e) for e in full["event_list"].ravel()]
   keys, boxes, all_integer = [], [], True
@@ -169,25 +185,26 @@ def parse_prediction_text(text: str, path="<string>") -> np.ndarray:
 
 
 def read_prediction_file(path) -> np.ndarray:
-  """Reads one `<event>/<stem>.txt` submission file -> [K, 5] float64 (x, y, w, h, score)."""
-  with open(path, "r") as f:
-    return parse_prediction_text(f.read(), path)
+  """Reads one `<event>/<stem>.txt` submission file (path or URL) -> [K, 5] float64
+  (x, y, w, h, score)."""
+  path = paths.resolve(path)
+  return parse_prediction_text(path.read_bytes().decode("utf-8"), path)
 
 
 def read_predictions(pred_dir) -> dict:
-  """Reads every `<pred_dir>/<event>/<stem>.txt` -> {"<event>/<stem>": [K, 5] float64}."""
-  pred_dir = pathlib.Path(pred_dir)
+  """Reads every `<pred_dir>/<event>/<stem>.txt` (folder path or URL) ->
+  {"<event>/<stem>": [K, 5] float64}."""
+  pred_dir = paths.resolve(pred_dir)
   if not pred_dir.is_dir():
     raise FileNotFoundError(f"prediction directory not found: {pred_dir}")
-  out = {}
-  for event in sorted(os.listdir(pred_dir)):
-    event_dir = pred_dir / event
-    if not event_dir.is_dir():
-      continue
-    for name in sorted(os.listdir(event_dir)):
-      if name.endswith(".txt"):
-        out[f"{event}/{name[:-4]}"] = read_prediction_file(event_dir / name)
-  return out
+  files = []
+  for event_dir in sorted(pred_dir.iterdir(), key=lambda p: p.name):
+    if event_dir.is_dir():
+      files += sorted((p for p in event_dir.iterdir() if p.name.endswith(".txt")),
+                      key=lambda p: p.name)
+  texts = _map(lambda p: p.read_bytes().decode("utf-8"), files, paths.is_url(pred_dir))
+  return {f"{p.parent.name}/{p.name[:-4]}": parse_prediction_text(t, p)
+          for p, t in zip(files, texts)}
 
 
 def _fmt(v: float) -> str:
@@ -205,10 +222,12 @@ def format_prediction_text(stem: str, dets) -> str:
 def write_predictions(out_dir, dets_by_image: Mapping[str, np.ndarray]) -> int:
   """Writes `{"<event>/<stem>": [K, 5] x y w h score}` in the submission layout.
 
-  Each image goes to `<out_dir>/<event>/<stem>.txt`; values are written so that
-  `read_predictions` gives back the same float64 numbers. Returns the number of files written.
+  Each image goes to `<out_dir>/<event>/<stem>.txt` (`out_dir` a path or URL); values are
+  written so that `read_predictions` gives back the same float64 numbers. Returns the number
+  of files written.
   """
-  out_dir = pathlib.Path(out_dir)
+  out_dir = paths.resolve(out_dir)
+  texts, events = [], set()
   for key, dets in dets_by_image.items():
     event, _, stem = str(key).partition("/")
     if not event or not stem or "/" in stem:
@@ -218,9 +237,11 @@ def write_predictions(out_dir, dets_by_image: Mapping[str, np.ndarray]) -> int:
       raise ValueError(f"{key}: detections must be [K, 5] x y w h score, got {arr.shape}")
     if not np.isfinite(arr).all():
       raise ValueError(f"{key}: non-finite detection values")
+    events.add(event)
+    texts.append((out_dir / event / f"{stem}.txt", format_prediction_text(stem, arr)))
+  for event in sorted(events):
     (out_dir / event).mkdir(parents=True, exist_ok=True)
-    with open(out_dir / event / f"{stem}.txt", "w") as f:
-      f.write(format_prediction_text(stem, arr))
+  _map(lambda item: item[0].write_text(item[1]), texts, paths.is_url(out_dir))
   return len(dets_by_image)
 
 

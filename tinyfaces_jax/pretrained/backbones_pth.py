@@ -42,7 +42,8 @@ def _stage(key: str) -> int:
 def load_trunk(path: str | os.PathLike, backbone: str, last_stage: int,
                activation: str = "leaky_relu") -> dict:
   """-> {'params', 'batch_stats'} of the backbone module (ResNet with last_layer=last_stage,
-  VGG16 with last_block=last_stage, or MobileNetV1) from a torchvision-layout checkpoint."""
+  VGG16 with last_block=last_stage, or MobileNetV1) from a torchvision-layout checkpoint (a
+  path or URL)."""
   sd = state_dict_of(load_torch_checkpoint(path))
   x = jnp.zeros((1, 64, 64, 3))
   if backbone == "vgg16":

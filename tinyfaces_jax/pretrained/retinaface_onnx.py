@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.models.retinaface import PRESETS, RetinaFace, RetinaFaceConfig
 from tinyfaces_jax.pretrained.retinaface_pth import convert
 
@@ -48,13 +49,19 @@ def _flax_path(scope: str) -> tuple[tuple, bool]:
 
 
 def onnx_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads the folded conv weights as a flat dict keyed like our name map.
+  """Reads the folded conv weights (a path or URL, through epath) as a flat dict keyed like our
+  name map. Initialisers in external data files are read from the model's folder (local only).
 
   Returns {'<flax/path>.weight' (OIHW), '<flax/path>.bias'} for every Conv node.
   """
   import onnx  # pylint: disable=import-outside-toplevel
-  from onnx import numpy_helper  # pylint: disable=import-outside-toplevel
-  graph = onnx.load(os.fspath(path)).graph
+  from onnx import external_data_helper, numpy_helper  # pylint: disable=import-outside-toplevel
+  p = paths.resolve(path)
+  model = onnx.load_model_from_string(p.read_bytes())
+  if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
+    folder = paths.local_file(p.parent, f"the folder of {path} (its external ONNX data)")
+    external_data_helper.load_external_data_for_model(model, folder)
+  graph = model.graph
   values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
   for node in graph.node:
     if node.op_type == "Identity" and node.input[0] in values:
@@ -80,7 +87,8 @@ def onnx_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def load_retinaface_onnx(path: str | os.PathLike,
                          config: RetinaFaceConfig = PRESETS["mnet025"]) -> dict:
-  """Loads the folded ONNX export into {'params', 'batch_stats'} of RetinaFace(config)."""
+  """Loads the folded ONNX export (a path or URL) into {'params', 'batch_stats'} of
+  RetinaFace(config)."""
   sd = onnx_state_dict(path)
   entries, folded = [], {}
   for key in sorted(k[:-len(".weight")] for k in sd if k.endswith(".weight")):

@@ -141,15 +141,16 @@ def convert_retinaface(state_dict: dict, config: RetinaFaceConfig) -> dict:
 
 
 def load_retinaface_pth(path: str | os.PathLike, config: RetinaFaceConfig) -> dict:
-  """Loads a Pytorch_Retinaface `.pth` into {'params', 'batch_stats'} for RetinaFace(config)."""
+  """Loads a Pytorch_Retinaface `.pth` (a path or URL) into {'params', 'batch_stats'} for
+  RetinaFace(config)."""
   return convert_retinaface(load_torch_checkpoint(path), config)
 
 
 def load_backbone_pth(path: str | os.PathLike, backbone: str = "mobilenet0.25",
                       activation: str = "leaky_relu") -> dict:
-  """Loads an ImageNet backbone checkpoint (e.g. `mobilenetV1X0.25_pretrain.tar`: a dict with
-  a 'module.'-prefixed 'state_dict') into the variables of `make_backbone(backbone)` used
-  standalone. The classifier ('fc.*') is ignored explicitly; every other key must be used."""
+  """Loads an ImageNet backbone checkpoint (a path or URL; e.g. `mobilenetV1X0.25_pretrain.tar`:
+  a dict with a 'module.'-prefixed 'state_dict') into the variables of `make_backbone(backbone)`
+  used standalone. The classifier ('fc.*') is ignored explicitly; every other key must be used."""
   sd = state_dict_of(load_torch_checkpoint(path))
   model = make_backbone(backbone, activation, module_name=None)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))

@@ -11,6 +11,9 @@ Only tensors and ordered dicts are rebuilt: the unpickler resolves `torch._utils
 _rebuild_tensor_v2`, the `torch.*Storage` types and `collections.OrderedDict`, and refuses
 every other global with an `UnpicklingError` (a checkpoint cannot run code). Tensors come back
 as numpy arrays with the stored dtype, shape, storage offset and strides (copied, contiguous).
+
+A checkpoint may be a local path or a URL (gs://...): it is opened through etils.epath and read
+as a file object (zipfile seeks in it; the legacy format is read whole).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import zipfile
 from typing import Any, Callable
 
 import numpy as np
+
+from tinyfaces_jax import paths
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _BF16 = "bfloat16"
@@ -106,8 +111,9 @@ def _check_storage_pid(pid) -> tuple:
   return pid
 
 
-def _load_zip(path) -> Any:
-  with zipfile.ZipFile(path) as zf:
+def _load_zip(fileobj, path) -> Any:
+  """The zip format from a seekable binary file object (`path` names it in errors)."""
+  with zipfile.ZipFile(fileobj) as zf:
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkls) != 1:
       raise ValueError(f"{path}: expected one data.pkl in the zip, found {pkls}")
@@ -126,9 +132,8 @@ def _load_zip(path) -> Any:
       return RestrictedUnpickler(io.BytesIO(f.read()), persistent_load).load()
 
 
-def _load_legacy(path) -> Any:
-  with open(path, "rb") as f:
-    data = f.read()
+def _load_legacy(data: bytes, path) -> Any:
+  """The legacy format from the file's bytes (`path` names it in errors)."""
   f = io.BytesIO(data)
   plain = RestrictedUnpickler(f, lambda pid: None)
   magic = plain.load()
@@ -173,19 +178,26 @@ def _load_legacy(path) -> Any:
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> Any:
-  """Loads a `.pth`/`.pt`/`.tar` checkpoint (zip or legacy format) as numpy arrays.
+  """Loads a `.pth`/`.pt`/`.tar` checkpoint (zip or legacy format; a path or URL) as numpy
+  arrays.
 
   Returns the pickled object (usually an OrderedDict name -> np.ndarray, or a dict holding
   one under 'state_dict') with every tensor replaced by a contiguous numpy array.
   """
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  return _load_legacy(path)
+  p = paths.resolve(path)
+  if not p.is_file():  # before open: a URL's file object only fails at its first read
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  with p.open("rb") as f:
+    if zipfile.is_zipfile(f):
+      return _load_zip(f, path)
+    f.seek(0)
+    return _load_legacy(f.read(), path)
 
 
 def checkpoint_format(path: str | os.PathLike) -> str:
-  """'zip' or 'legacy'."""
-  return "zip" if zipfile.is_zipfile(path) else "legacy"
+  """'zip' or 'legacy' (a path or URL)."""
+  with paths.resolve(path).open("rb") as f:
+    return "zip" if zipfile.is_zipfile(f) else "legacy"
 
 
 def state_dict_of(obj: Any, strip_prefix: str = "module.") -> dict[str, np.ndarray]:
