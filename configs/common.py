@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.image_size = 640               # training crop side S
   c.data.max_boxes = 256                # M ground-truth slots (faces over it are counted)
   c.data.shuffle_buffer = 1024
+  c.data.threads = 0                    # tf.data private thread pool per host (0: shared default)
+  c.data.ram_budget_gb = 0.0            # tf.data autotune memory budget (0: half the host RAM)
 
   c.model = ml_collections.ConfigDict()
   c.loss = ml_collections.ConfigDict()
@@ -96,7 +98,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0                # 0: evaluate only at the end
-  c.train.bf16 = False
+  c.train.bf16 = False                  # the model computes in bfloat16 (params, loss in f32)
+  c.train.grad_accum_steps = 1          # micro-batches per optimizer step (same global batch)
+  c.train.checkpoint_dir = ""           # "" = <workdir>/checkpoints (a local path or a URL)
+  c.train.compilation_cache = "auto"    # persistent XLA cache: auto = <workdir>/jax_cache
+                                        # (unless one is already set), "" = none, or a folder
+  c.train.profile_steps = ()            # (first, last): a profiler trace of those steps on
+                                        # host 0 into <workdir>/profile (TensorBoard)
+  c.train.prefetch = 2                  # batches moved to the devices ahead of the step
 
   c.eval = ml_collections.ConfigDict()  # inference.InferenceConfig fields + the loop's own
   c.eval.batch_size = 8                 # per host (divisible by its devices; 0 = 1 per device)

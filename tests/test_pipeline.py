@@ -136,12 +136,32 @@ def test_host_to_global_on_mesh():
     sharding.check_batch_size(12, mesh)
   batches = [{"image": np.full((16, 4, 4, 3), i, np.float32), "filename": np.array(["x"] * 16)}
              for i in range(3)]
-  out = list(sharding.prefetch_to_mesh(iter(batches), mesh))
+  out = list(sharding.DevicePrefetcher(iter(batches), mesh))
   assert len(out) == 3
   for i, (dev, host) in enumerate(out):
     assert isinstance(dev["image"], jax.Array) and dev["image"].shape == (16, 4, 4, 3)
     assert len(dev["image"].sharding.device_set) == 8
     assert float(dev["image"][0, 0, 0, 0]) == i and host["filename"].shape == (16,)
+  assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+
+
+def test_prefetcher_reraises_input_errors_and_closes():
+  mesh = sharding.make_mesh()
+
+  def broken():
+    yield {"image": np.zeros((8, 2, 2, 3), np.float32)}
+    raise ValueError("corrupt record in shard 3")
+
+  it = sharding.DevicePrefetcher(broken(), mesh)
+  next(it)
+  with pytest.raises(ValueError, match="corrupt record in shard 3"):
+    next(it)
+  endless = sharding.DevicePrefetcher(
+      ({"image": np.zeros((8, 2, 2, 3), np.float32)} for _ in iter(int, 1)), mesh, size=2)
+  next(endless)
+  endless.close()
+  endless._thread.join(5)
+  assert not endless._thread.is_alive()
 
 
 @pytest.mark.parametrize("recipe,size", [("tiny_faces", 96), ("retinaface", 64)])

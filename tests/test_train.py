@@ -12,6 +12,7 @@ import pytest
 
 from configs import test as test_config
 from tinyfaces_jax import detectors, optim, settings, sharding, train, train_step
+from url_fs import local_entries, ram_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,27 @@ def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_p
     for x, y in zip(a, b):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
   assert second["evals"][0]["aps"] == pytest.approx(full["evals"][0]["aps"], abs=1e-6)
+
+
+def test_url_workdir_stays_a_url(uninterrupted, data_dir, ram_dir, tmp_path):
+  """A `ram://` workdir (the code path of gs://: epath's URL backend, TensorBoard on a URL)
+  with the checkpoints on local disk (orbax's arrays need a real filesystem or GCS): config,
+  events and eval outputs land under the URL, nothing is created in
+  the working directory (no `ram:` folder), and the run equals the local-workdir run."""
+  c = make_config(data_dir, checkpoint_dir=str(tmp_path / "ckpt"), compilation_cache="")
+  result = train.train_and_evaluate(c, str(ram_dir))
+  assert result["step"] == 4 and not result["preempted"]
+  assert local_entries(tmp_path / "cwd") == []
+  assert json.loads((ram_dir / "config.json").read_text())["train"]["num_steps"] == 4
+  assert any(p.name.startswith("events.out.tfevents") for p in ram_dir.iterdir())
+  ev = ram_dir / "eval" / "step_4"
+  assert json.loads((ev / "aps.json").read_text())["aps"] == result["evals"][0]["aps"]
+  assert (ev / "wider_pr_curve_hard_val.png").read_bytes()[:4] == b"\x89PNG"
+  assert len(list((ev / "predictions").glob("*/*.txt"))) == 8
+  assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
+  _, full = uninterrupted
+  for x, y in zip(jax.tree.leaves(full["state"].params), jax.tree.leaves(result["state"].params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
 def test_non_finite_loss_stops_with_its_step(data_dir, tmp_path):

@@ -89,3 +89,48 @@ def test_toy_detector_learns():
     first = float(metrics["loss"]) if first is None else first
     assert bool(metrics["finite"])
   assert float(metrics["loss"]) < 0.5 * first
+
+
+def test_gradient_accumulation_is_the_mean_of_micro_batch_gradients():
+  """grad_accum_steps=2 on 8 devices, batch 16: the update equals SGD with the mean of the
+  two micro-batches' gradients, computed here one after the other with `jax.grad` (each
+  micro-batch's BatchNorm in train mode on its own rows, running statistics carried from the
+  first to the second); micro-batch j holds row j of every device's 2 rows (rows j, j+2, ...)."""
+  import optax
+  mesh = sharding.make_mesh(jax.devices())
+  model = ToyDetector()
+  anchors = jnp.asarray(anchors_lib.anchor_grid(SPEC, HW))
+  cfg = losses.MultiboxLossConfig(neg_pos_ratio=3.0)
+
+  def loss_fn(o, b, k):
+    return losses.multibox_loss(o, b, anchors, cfg)
+
+  lr = 0.1
+  state = train_step.create_train_state(model, optax.sgd(lr), (*HW, 3), jax.random.key(0),
+                                        mesh)
+  host = make_batch(np.random.default_rng(3), b=16)
+  step = train_step.make_train_step(model, loss_fn, mesh, grad_accum_steps=2, donate=False)
+  new, metrics = step(state, sharding.host_to_global(host, mesh), jax.random.key(1))
+
+  params = jax.device_get(state.params)
+  stats = jax.device_get(state.batch_stats)
+  grads, losses_ = [], []
+  for j in range(2):
+    mb = {k: v[j::2] for k, v in host.items()}
+
+    def loss_of(p, stats=stats, mb=mb):
+      out, upd = model.apply({"params": p, "batch_stats": stats}, mb["image"], train=True,
+                             mutable=["batch_stats"])
+      return loss_fn(out, mb, None)[0], upd["batch_stats"]
+
+    (loss, stats), g = jax.value_and_grad(loss_of, has_aux=True)(params)
+    grads.append(g)
+    losses_.append(float(loss))
+  want = jax.tree.map(lambda p, a, b: p - lr * (a + b) / 2, params, *grads)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(new.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(new.batch_stats)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(metrics["loss"]), np.mean(losses_), rtol=1e-5)
+  with np.testing.assert_raises_regex(ValueError, "not divisible by 2 micro-batches x 8"):
+    sharding.check_batch_size(12, mesh, grad_accum_steps=2)

@@ -1,75 +1,171 @@
-"""orbax CheckpointManager: restore-or-init, periodic saves, save on SIGTERM (preemption).
+"""orbax checkpoints and preemption: restore-or-init, saves every host agrees on, run facts.
 
-A workdir holds `checkpoints/<step>/`. `restore_or_init` resumes from the latest step when
-there is one (the state's shardings come from the abstract state, so a restored state lands on
-the mesh as the initialised one would). `PreemptionGuard` turns SIGTERM into a flag that the
-train loop polls: it saves at the current step and exits cleanly.
+A checkpoint folder (`<workdir>/checkpoints` unless configured elsewhere, local or a URL)
+holds `<step>/state` (the TrainState's arrays) and `<step>/meta` (JSON: the topology and data
+position that wrote it, see `run_facts`). `restore_or_init` resumes from the latest step (the
+state's shardings come from the abstract state, so a restored state lands on the mesh as the
+initialised one would) and returns the saved facts so the caller can say what a resume on
+another topology changes.
+
+`Preemption` makes every host stop at the same step:
+  * with `jax.distributed` (pods, multi-node GPU): JAX's own SIGTERM notifier (a Python
+    handler would replace it) and its sync point: `reached(step)` is orbax's
+    `manager.reached_preemption(step)`, True on every host at the same step once any host got
+    the notice; `notice()` says whether a notice exists (polled between eval batches and during
+    compiles, where no step follows soon);
+  * on one process: a Python SIGTERM handler sets a flag that both read.
+`Preemption.run(fn)` runs a long blocking call (a compile, an eval batch) in a worker thread
+and gives up on it when a notice arrives, so SIGTERM is honoured within about a second.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-from typing import Optional
+import threading
+import time
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from tinyfaces_jax import hosts, paths
 from tinyfaces_jax.train_state import TrainState
 
 
-def make_manager(workdir: str, *, max_to_keep: int = 3,
-                 save_interval_steps: int = 1) -> ocp.CheckpointManager:
-  path = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                      save_interval_steps=save_interval_steps, create=True)
-  return ocp.CheckpointManager(path, options=opts)
+def make_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """A CheckpointManager on `directory` (a local path or URL; created on first save)."""
+  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(paths.resolve(directory), options=opts)
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, *, force: bool = False) -> bool:
-  """Saves the replicated state at its step (async write; `manager.wait_until_finished()`
-  blocks)."""
+def save(manager: ocp.CheckpointManager, state: TrainState, meta: Optional[dict] = None, *,
+         force: bool = True) -> bool:
+  """Saves the replicated state at its step, with `meta` (JSON) beside it; asynchronous
+  (`manager.wait_until_finished()` blocks). Every host must call it for the same step."""
   step = int(jax.device_get(state.step))
   # The state is replicated: one host copy per leaf is the whole checkpoint (orbax would
   # otherwise slice every replica on every device). The write itself stays asynchronous.
   items = jax.device_get(state.checkpoint_items())
-  return manager.save(step, args=ocp.args.StandardSave(items), force=force)
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(items), meta=ocp.args.JsonSave(dict(meta or {}, step=step))),
+      force=force)
 
 
 def restore_or_init(manager: ocp.CheckpointManager, state: TrainState,
-                    step: Optional[int] = None) -> tuple[TrainState, int]:
+                    step: Optional[int] = None) -> tuple[TrainState, int, dict]:
   """-> (the checkpointed state at `step` (default: the latest) or `state` itself when there
-  is none, restored step or 0). A `step` that is not in the manager is a FileNotFoundError."""
+  is none, restored step or 0, the saved meta or {}). A `step` that is not in the manager is
+  a FileNotFoundError."""
   if step is not None and step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint of step {step} in {manager.directory} (steps: "
                             f"{sorted(manager.all_steps())})")
   step = manager.latest_step() if step is None else step
   if step is None:
-    return state, 0
+    return state, 0, {}
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state.checkpoint_items())
-  items = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  return state.replace(**items), step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  return state.replace(**restored["state"]), step, dict(restored["meta"] or {})
 
 
-class PreemptionGuard:
-  """Context manager: SIGTERM sets `.requested` instead of killing the process."""
+def run_facts(*, global_batch: int, local_batch: int, grad_accum_steps: int, seed: int,
+              num_examples_per_host: Optional[int] = None) -> dict:
+  """What a checkpoint records about the run that wrote it (topology and data position)."""
+  dev = jax.devices()[0]
+  return {"process_count": jax.process_count(), "device_count": jax.device_count(),
+          "local_device_count": jax.local_device_count(), "platform": dev.platform,
+          "device_kind": dev.device_kind, "global_batch": global_batch,
+          "local_batch": local_batch, "grad_accum_steps": grad_accum_steps, "seed": seed,
+          "num_examples_per_host": num_examples_per_host}
 
-  def __init__(self):
-    self.requested = False
+
+def resume_changes(saved: dict, now: dict) -> list[str]:
+  """Human-readable differences between the saved run facts and this run's (empty when the
+  resume continues exactly the stream an uninterrupted run would read)."""
+  changes = []
+  for key, why in (("process_count", "each host reads its own share of the split, so the "
+                    "data stream after the resume differs from an uninterrupted run's"),
+                   ("local_batch", "the per-host batch sets the data position of each step"),
+                   ("global_batch", "the optimisation differs from the checkpointed run's"),
+                   ("grad_accum_steps", "the examples per micro-batch differ"),
+                   ("seed", "the data order and augmentation differ"),
+                   ("num_examples_per_host", "the dataset differs")):
+    if key in saved and saved[key] != now.get(key):
+      changes.append(f"{key} {saved[key]} -> {now.get(key)} ({why})")
+  for key in ("device_count", "device_kind"):
+    if key in saved and saved[key] != now.get(key):
+      changes.append(f"{key} {saved[key]} -> {now.get(key)}")
+  return changes
+
+
+class Preemption:
+  """Context manager: SIGTERM handling that every host agrees on (see the module docstring)."""
+
+  def __init__(self, manager: ocp.CheckpointManager, poll_s: float = 0.2):
+    self.manager, self.poll_s = manager, poll_s
+    self.distributed = hosts.is_distributed()
+    self._flag = False
     self._previous = None
 
   def _handler(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._flag = True
 
-  def __enter__(self) -> "PreemptionGuard":
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # not the main thread (e.g. some notebooks): no handler
-      self._previous = None
+  def __enter__(self) -> "Preemption":
+    if not self.distributed:  # JAX's notifier owns SIGTERM when distributed
+      try:
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+      except ValueError:  # not the main thread (e.g. some notebooks): no handler
+        self._previous = None
     return self
 
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
+
+  def reached(self, step: int) -> bool:
+    """True when the run must save `step` and stop; the same step on every host. Call it at
+    every step (and once with the start step before the first)."""
+    if self.distributed:
+      return self.manager.reached_preemption(step)
+    return self._flag
+
+  def notice(self) -> bool:
+    """Whether a preemption notice has arrived (this host or, distributed, any host)."""
+    return self._flag or (self.distributed and hosts.preemption_notice())
+
+  def run(self, fn: Callable[[], Any], name: str) -> tuple[bool, Any]:
+    """Runs `fn()` in a worker thread; -> (True, its result), or (False, None) when a notice
+    arrives first or is already there (the thread is left to finish on its own).
+    Exceptions are re-raised."""
+    if self.notice():
+      return False, None
+    box: dict = {}
+
+    def work():
+      try:
+        box["result"] = fn()
+      except BaseException as e:  # re-raised in the caller's thread
+        box["error"] = e
+
+    thread = threading.Thread(target=work, name=f"tinyfaces_{name}", daemon=True)
+    thread.start()
+    while thread.is_alive():
+      thread.join(self.poll_s)
+      if thread.is_alive() and self.notice():
+        return False, None
+    if "error" in box:
+      raise box["error"]
+    return True, box["result"]
+
+  def agreed_run(self, fn: Callable[[], Any], name: str,
+                 timeout_s: float = 4 * 3600.0) -> tuple[bool, Any]:
+    """`run` on every host, then the hosts agree: (False, _) on every host if any host was
+    interrupted by a notice (for work before which nothing new needs saving, e.g. the first
+    compile). Hosts wait for each other's outcome for up to `timeout_s`."""
+    t0 = time.time()
+    done, result = self.run(fn, name)
+    outcomes = hosts.exchange(f"{name} outcome", "done" if done else "preempted",
+                              max(timeout_s - (time.time() - t0), 1.0))
+    return all(o == "done" for o in outcomes), result

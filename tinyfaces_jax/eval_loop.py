@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import pathlib
 import time
 from typing import Callable, Optional
 
@@ -26,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tinyfaces_jax import inference, sharding
+from tinyfaces_jax import hosts, inference, paths, sharding
 from tinyfaces_jax.detectors import Detector
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 
@@ -121,7 +120,7 @@ class Evaluator:
     if self._gt is None:
       from tinyfaces_jax.data import sources
       if self.loop_cfg.gt_dir:
-        self._gt = wider_io.load_ground_truth(os.path.expanduser(self.loop_cfg.gt_dir))
+        self._gt = wider_io.load_ground_truth(paths.resolve(self.loop_cfg.gt_dir))
       else:
         self._gt = sources.ground_truth(self.builder, self.split)
     return self._gt
@@ -132,8 +131,15 @@ class Evaluator:
     return lambda hw: inference.base_scale(tf.cast(hw[0], tf.float32),
                                            tf.cast(hw[1], tf.float32), cfg, tf.minimum)
 
-  def predictions(self, variables) -> dict:
-    """{"<event>/<stem>": [K, 5] x y w h score} for this host's share, original pixels."""
+  def predictions(self, variables, preemption=None) -> Optional[dict]:
+    """{"<event>/<stem>": [K, 5] x y w h score} for this host's share, original pixels; None
+    when a preemption notice stopped it (`preemption`: checkpointing.Preemption or None).
+
+    With several hosts, the batches are taken in lockstep: every host runs the same number of
+    iterations (a host whose share is done idles) and the hosts agree after each one whether
+    a notice arrived, so they all stop at the same iteration (never one in a collective while
+    another has left). A batch, and any compile it triggers, runs while SIGTERM is watched.
+    """
     from tinyfaces_jax.data import pipeline
     cfg = self.inf_cfg
     ds = pipeline.eval_dataset(
@@ -143,23 +149,52 @@ class Evaluator:
         pad_value=self.detector.pad_value)
     variables = local_copy(variables, self.mesh)
     data = NamedSharding(self.mesh, P(sharding.DATA_AXIS))
-    dets, t0, shapes = {}, time.time(), set()
-    for i, batch in enumerate(ds.as_numpy_iterator()):
+    dets, t0, shapes, i = {}, time.time(), set(), 0
+    it = ds.as_numpy_iterator()
+
+    def next_batch():
+      batch = next(it, None)
+      if batch is None:
+        return None
+      return batch, jax.device_get(self.predict(variables, jax.device_put(batch["image"], data)))
+
+    lockstep = jax.process_count() > 1  # one flag exchange per iteration
+    while True:
+      if preemption is None:
+        done, item = True, next_batch()
+      else:
+        done, item = preemption.run(next_batch, "eval_batch")
+      flags = hosts.gather_flags([not done, item is not None]) if lockstep else np.asarray(
+          [[not done, item is not None]])
+      stop = bool(flags[:, 0].any())
+      if not stop and not flags[:, 1].any():
+        break
+      if stop:
+        self.log(f"  eval: stopped by a preemption notice after {len(dets)} images")
+        return None
+      if item is None:
+        continue
+      batch, out = item
       shapes.add(batch["image"].shape[1:3])
-      out = jax.device_get(self.predict(variables, jax.device_put(batch["image"], data)))
       for j in np.flatnonzero(batch["valid"]):
         d = inference.to_original(out, j, float(batch["scale"][j]))
         key = os.path.splitext(batch["filename"][j].decode())[0]
         dets[key] = inference.wider_rows(d)
-      if (i + 1) % 25 == 0:
+      i += 1
+      if i % 25 == 0:
         self.log(f"  eval: {len(dets)} images ({len(dets) / (time.time() - t0):.1f} img/s, "
                  f"{len(shapes)} size buckets)")
     return dets
 
-  def run(self, variables, out_dir, *, method_name: str = "tinyfaces_jax") -> dict:
-    """Predicts, evaluates and writes under `out_dir` (host 0). -> summary dict (all hosts)."""
+  def run(self, variables, out_dir, *, method_name: str = "tinyfaces_jax",
+          preemption=None) -> Optional[dict]:
+    """Predicts, evaluates and writes under `out_dir` (host 0; a local path or URL).
+    -> summary dict (all hosts), or None when a preemption notice stopped it."""
     t0 = time.time()
-    dets = _allgather(self.predictions(variables))
+    dets = self.predictions(variables, preemption)
+    if dets is None:
+      return None
+    dets = _allgather(dets)
     t_pred = time.time() - t0
     summary = {"split": self.split, "num_images": len(dets),
                "num_detections": int(sum(len(d) for d in dets.values())),
@@ -168,7 +203,7 @@ class Evaluator:
       return summary
     gt = self.ground_truth()
     result = wider.evaluate(dets, gt, verbose=False)
-    out = pathlib.Path(out_dir)
+    out = paths.resolve(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wider_io.write_predictions(out / "predictions", dets)
     plots.plot_result(result, out, method_name, self.loop_cfg.baselines_dir or None)

@@ -1,32 +1,43 @@
 """`train_and_evaluate(config, workdir)`: the training loop shared by every detector.
 
-Reads the ml_collections config once (`RunSpec.from_config`), then: a ("data",) mesh over all
-devices of all hosts; the TFDS builder (embedded or the user's WIDER release); the detector
-(detectors.py) and its optax chain; the TrainState initialised replicated on the mesh, from
-imported weights when configured, or restored from `<workdir>/checkpoints` (resume); this
-host's tf.data stream from the restored step (pipeline.train_dataset: the same batches an
-uninterrupted run would see); the jitted sharded step (matching + OHEM inside); clu metric
-writers (TensorBoard + logs) and progress; orbax checkpoints every `checkpoint_every` steps, at
-the end and on SIGTERM (preemption); periodic WIDER evaluation (eval_loop.py). A non-finite
-loss stops training with the step named (and nothing non-finite is checkpointed).
+Reads the ml_collections config once (`RunSpec.from_config`), then, on every host of the run:
+  1. the workdir as a path or URL (`paths.resolve`: a gs:// workdir stays a URL); host 0
+     writes config.json;
+  2. agreement checks before anything collective (hosts.py): the workdir is shared, and every
+     host has the same config, devices per host and checkpoint steps, else every host stops
+     with a message naming what differs;
+  3. the dataset, prepared by host 0 while the others wait (`prepare_data`, also `main
+     --mode=prepare`);
+  4. a ("data",) mesh over all devices of all hosts in topology order; the detector and its
+     optax chain; the TrainState initialised replicated, from imported weights, or restored
+     from the checkpoints (a resume on another topology is named); this host's tf.data stream
+     from the restored step (the same batches an uninterrupted run would see), moved to the
+     devices by a background thread;
+  5. the jitted sharded step (matching + OHEM inside, optional bf16 and gradient
+     accumulation), compiled ahead of time while SIGTERM is watched;
+  6. clu writers (TensorBoard + logs), progress, optional profiler trace; orbax checkpoints
+     every `checkpoint_every` steps, at the end, and on preemption at a step every host agrees
+     on (checkpointing.Preemption; also during evaluation); periodic WIDER evaluation
+     (eval_loop.py). A non-finite loss stops training with the step named (nothing
+     non-finite is checkpointed).
 
-Outputs in the workdir: checkpoints/<step>/, config.json, TensorBoard events,
-eval/step_<k>/ (predictions, aps.json, PR curves).
+Outputs in the workdir: checkpoints/<step>/ (unless train.checkpoint_dir), config.json,
+TensorBoard events, eval/step_<k>/ (predictions, aps.json, PR curves), profile/, jax_cache/.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
+import json
 import time
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import (checkpointing, detectors, eval_loop, inference, optim, settings,  # noqa: F401
-                           sharding, train_step)
+from tinyfaces_jax import (checkpointing, detectors, eval_loop, hosts, inference, optim, paths,
+                           settings, sharding, train_step)
 from tinyfaces_jax.data import sources
 from tinyfaces_jax.evaluation import size_bins
 
@@ -43,6 +54,19 @@ class TrainConfig:
   keep_checkpoints: int = 3
   eval_every: int = 0
   bf16: bool = False
+  grad_accum_steps: int = 1
+  checkpoint_dir: str = ""
+  compilation_cache: str = "auto"
+  profile_steps: tuple = ()
+  prefetch: int = 2
+
+  def __post_init__(self):
+    if self.grad_accum_steps < 1:
+      raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+    if self.profile_steps and (len(self.profile_steps) != 2
+                               or not 0 < self.profile_steps[0] <= self.profile_steps[1]):
+      raise ValueError(f"profile_steps must be (first, last) with 0 < first <= last, got "
+                       f"{self.profile_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +80,7 @@ class InitConfig:
     """With `require`, a configured file that does not exist is an error (raised early)."""
     for name in ("backbone", "checkpoint"):
       path = getattr(self, name)
-      if self.require and path and not os.path.exists(os.path.expanduser(path)):
+      if self.require and path and not paths.resolve(path).exists():
         raise FileNotFoundError(f"config.init.{name}: {path} not found (set "
                                 f"--config.init.{name}= to your file, or '' for none)")
 
@@ -102,28 +126,65 @@ def optimizer_and_shape(spec: RunSpec):
 
 
 def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
-  """-> (state, start step): restored from the manager's checkpoints (the latest, or `step`),
-  else initialised (+ the configured imported weights)."""
+  """-> (state, start step, saved run facts): restored from the manager's checkpoints (the
+  latest, or `step`), else initialised (+ the configured imported weights; facts {})."""
   tx, shape = optimizer_and_shape(spec)
   state = train_step.create_train_state(spec.detector.model, tx, shape,
                                         jax.random.key(spec.seed), mesh)
   if manager.latest_step() is None and step is None:
     init = spec.init
-    paths = {"checkpoint": init.checkpoint, "backbone": init.backbone}
-    for k, p in paths.items():
-      if p and not os.path.exists(os.path.expanduser(p)) and not init.require:
+    files = {"checkpoint": init.checkpoint, "backbone": init.backbone}
+    for k, p in files.items():
+      if p and not paths.resolve(p).exists() and not init.require:
         _log(f"WARNING: init.{k} {p} not found; training from random initialisation")
-        paths[k] = ""
+        files[k] = ""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, what = detectors.load_initial_weights(spec.detector, variables, **paths)
-    rep = sharding.replicated(mesh)
-    variables = jax.device_put(variables, rep)
+    variables, what = detectors.load_initial_weights(spec.detector, variables, **files)
+    variables = jax.device_put(variables, sharding.replicated(mesh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     _log(f"initial weights: {what}")
-  state, start = checkpointing.restore_or_init(manager, state, step)
+  state, start, meta = checkpointing.restore_or_init(manager, state, step)
   if start:
     _log(f"resumed from {manager.directory} at step {start}")
-  return state, start
+  return state, start, meta
+
+
+def checkpoint_dir(spec: RunSpec, workdir) -> "paths.epath.Path":
+  """Where the run's checkpoints live: train.checkpoint_dir, else <workdir>/checkpoints."""
+  if spec.train.checkpoint_dir:
+    return paths.resolve(spec.train.checkpoint_dir)
+  return paths.resolve(workdir) / "checkpoints"
+
+
+def prepare_data(config, log: Callable[[str], None] = _log):
+  """Prepares the run's TFDS dataset once: host 0 builds it while the other hosts wait, then
+  they open it (`main --mode=prepare` runs only this). -> the prepared builder."""
+  spec = settings.dataclass_from(sources.DataConfig, config.data, "config.data")
+  return hosts.host0_first("prepare dataset", lambda: sources.prepare_builder(spec, log))
+
+
+def _check_hosts(config, spec: RunSpec, workdir, ckpt_dir) -> None:
+  """The agreement checks of the module docstring (step 2); no-ops on one process."""
+  hosts.check_shared_folder(workdir, "workdir")
+  if not str(ckpt_dir).startswith(str(workdir)):
+    hosts.check_shared_folder(ckpt_dir, "checkpoint folder")
+  hosts.check_agreement({
+      "config": json.loads(config.to_json_best_effort()),
+      "devices per host": jax.local_device_count(),
+      "jax version": jax.__version__,
+      f"checkpoint steps in {ckpt_dir}": hosts.checkpoint_steps(ckpt_dir),
+  })
+
+
+def _set_compilation_cache(setting: str, workdir) -> None:
+  """The persistent XLA compilation cache (a resumed or requeued run skips its compiles)."""
+  if not setting:
+    return
+  if setting == "auto":
+    if jax.config.jax_compilation_cache_dir:
+      return
+    setting = str(paths.resolve(workdir) / "jax_cache")
+  jax.config.update("jax_compilation_cache_dir", str(paths.resolve(setting)))
 
 
 def _mean_metrics(pending: list) -> tuple[dict, Optional[tuple]]:
@@ -144,83 +205,134 @@ def _format(step: int, total: int, m: dict, lr: float, ips: float, eta: float,
           f"{int(eta // 60)}m{int(eta % 60):02d}s")
 
 
-def train_and_evaluate(config, workdir: str, *,
+def _log_eval(r: dict) -> None:
+  _log(f"eval step {r['step']}: WIDER AP easy {r['aps']['easy']:.4f} medium "
+       f"{r['aps']['medium']:.4f} hard {r['aps']['hard']:.4f} on {r['num_images']} "
+       f"images ({r['num_faces']['hard']} faces, {r['num_detections']} detections, "
+       f"{r['seconds']:.0f} s)")
+  _log("  hard AP by face height: " + "  ".join(
+      f"{size_bins.bin_label(b['lo'], b['hi'] if b['hi'] is not None else float('inf'))}"
+      f" {b['ap']:.3f} ({b['num_faces']})" for b in r["ap_by_height"] if b["ap"] is not None))
+
+
+class _Profiler:
+  """A profiler trace of steps [first, last] on host 0 into <workdir>/profile."""
+
+  def __init__(self, steps: tuple, workdir):
+    self.first, self.last = steps if steps else (0, -1)
+    self.logdir = str(paths.resolve(workdir) / "profile")
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Call before running step `step` (1-based)."""
+    if step == self.first and jax.process_index() == 0:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after(self, step: int) -> None:
+    if self.active and step >= self.last:
+      jax.profiler.stop_trace()
+      self.active = False
+      _log(f"profiler trace of steps {self.first}-{self.last} in {self.logdir}")
+
+
+def train_and_evaluate(config, workdir, *,
                        step_hook: Optional[Callable[[int], None]] = None) -> dict:
-  """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+  """Trains (resuming from the checkpoints if there are any) and evaluates.
 
   Args:
     config: the ml_collections config (configs/*.py).
-    workdir: output folder (created).
+    workdir: output folder, a local path or a URL (created by host 0).
     step_hook: optional `fn(step)` called after every step (tests, notebooks).
   Returns:
     dict(step: last step done, preempted: bool, evals: [{step, minutes, aps, ...}], state).
   Raises:
     FloatingPointError: a non-finite loss (the message names the step).
+    hosts.HostsDisagree: the hosts of a multi-host run see different things.
   """
   from clu import metric_writers, periodic_actions
   from tinyfaces_jax.data import pipeline, recipes
 
   spec = RunSpec.from_config(config)
   spec.init.check_files()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (pathlib.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=1))
   tc = spec.train
+  workdir = paths.resolve(workdir)
+  ckpt_dir = checkpoint_dir(spec, workdir)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+  _check_hosts(config, spec, workdir, ckpt_dir)
+  _set_compilation_cache(tc.compilation_cache, workdir)
   mesh = sharding.make_mesh()
-  local_batch = sharding.check_batch_size(tc.batch_size, mesh)
+  local_batch = sharding.check_batch_size(tc.batch_size, mesh, tc.grad_accum_steps)
   _log(f"{spec.detector.name} on {mesh.devices.size} {jax.devices()[0].platform} device(s), "
-       f"{jax.process_count()} host(s); global batch {tc.batch_size}, "
-       f"{spec.data.image_size}px crops, {tc.num_steps} steps; workdir {workdir}")
-  builder = sources.prepare_builder(spec.data, _log)
-  manager = checkpointing.make_manager(workdir, max_to_keep=tc.keep_checkpoints)
-  state, start = initial_state(spec, mesh, manager)
-  step_fn = train_step.make_train_step(spec.detector.model, spec.detector.loss, mesh,
-                                       bf16=tc.bf16, preprocess=spec.detector.preprocess)
+       f"{jax.process_count()} host(s); global batch {tc.batch_size}"
+       + (f" in {tc.grad_accum_steps} micro-batches" if tc.grad_accum_steps > 1 else "")
+       + f", {spec.data.image_size}px crops, {tc.num_steps} steps; workdir {workdir}")
+  builder = hosts.host0_first("prepare dataset",
+                              lambda: sources.prepare_builder(spec.data, _log))
+  manager = checkpointing.make_manager(ckpt_dir, max_to_keep=tc.keep_checkpoints)
+  state, start, saved_facts = initial_state(spec, mesh, manager)
+  host_split = pipeline.host_split(spec.data.train_split)
+  facts = checkpointing.run_facts(
+      global_batch=tc.batch_size, local_batch=local_batch, grad_accum_steps=tc.grad_accum_steps,
+      seed=spec.seed, num_examples_per_host=int(builder.info.splits[host_split].num_examples))
+  for change in checkpointing.resume_changes(saved_facts, facts) if start else ():
+    _log(f"WARNING: resuming step {start} with a different setup than the run that saved "
+         f"it: {change}")
+  # bf16: the model computes in bfloat16 (params, optimizer state, loss and box math stay
+  # float32); evaluation uses the float32 model on the same parameters.
+  train_model = (spec.detector.with_dtype(jnp.bfloat16) if tc.bf16 else spec.detector).model
+  step_fn = train_step.make_train_step(train_model, spec.detector.loss, mesh, bf16=tc.bf16,
+                                       preprocess=spec.detector.preprocess,
+                                       grad_accum_steps=tc.grad_accum_steps)
   lr_at = optim.learning_rate_schedule(spec.optim)
   evaluator = eval_loop.Evaluator(spec.detector, builder, spec.data.eval_split,
                                   spec.inference, spec.eval_loop, log=_log)
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(str(workdir),
+                                                just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer,
                                              every_steps=tc.log_every)
+  profiler = _Profiler(tc.profile_steps, workdir)
   evals: list = []
   t_start = time.time()
 
-  def evaluate(step: int) -> None:
+  def evaluate(step: int, preemption) -> bool:
+    """Evaluates the current state; False when a preemption stopped it."""
     _log(f"evaluating {spec.data.eval_split} at step {step} ...")
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    r = evaluator.run(variables, os.path.join(workdir, "eval", f"step_{step}"))
+    r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats},
+                      workdir / "eval" / f"step_{step}", preemption=preemption)
+    if r is None:
+      return False
     r.update(step=step, minutes=round((time.time() - t_start) / 60, 2))
     evals.append(r)
     if "aps" in r:
       writer.write_scalars(step, {f"eval/ap_{k}": v for k, v in r["aps"].items()})
-      _log(f"eval step {step}: WIDER AP easy {r['aps']['easy']:.4f} medium "
-           f"{r['aps']['medium']:.4f} hard {r['aps']['hard']:.4f} on {r['num_images']} "
-           f"images ({r['num_faces']['hard']} faces, {r['num_detections']} detections, "
-           f"{r['seconds']:.0f} s)")
-      _log("  hard AP by face height: " + "  ".join(
-          f"{size_bins.bin_label(b['lo'], b['hi'] if b['hi'] is not None else float('inf'))}"
-          f" {b['ap']:.3f} ({b['num_faces']})" for b in r["ap_by_height"]
-          if b["ap"] is not None))
+      _log_eval(r)
+    return True
 
-  if start == 0 and tc.eval_every:
-    evaluate(0)
   transform = recipes.make_transform(spec.data.recipe, size=spec.data.image_size,
                                      **spec.data.recipe_options)
   ds = pipeline.train_dataset(builder, spec.data.train_split, batch_size=local_batch,
                               transform=transform, max_boxes=spec.data.max_boxes,
                               seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer,
-                              start_step=start)
-  batches = sharding.prefetch_to_mesh(
+                              start_step=start, threads=spec.data.threads,
+                              ram_budget_gb=spec.data.ram_budget_gb)
+  batches = sharding.DevicePrefetcher(
       pipeline.log_dropped_faces(ds.as_numpy_iterator(), every=max(tc.log_every, 1) * 10),
-      mesh)
+      mesh, size=tc.prefetch)
   base_key = jax.random.key(spec.seed + 1)
   pending: list = []
   step, preempted, saved_at = start, False, start
   t_log, n_log = time.time(), 0
 
-  def flush(step: int) -> Optional[dict]:
+  def save() -> None:
+    nonlocal saved_at
+    if saved_at != step:
+      checkpointing.save(manager, state, facts)
+      saved_at = step
+
+  def flush() -> Optional[dict]:
     nonlocal pending
     if not pending:
       return None
@@ -232,20 +344,38 @@ def train_and_evaluate(config, workdir: str, *,
           f"step {manager.latest_step()} in {manager.directory})")
     return means
 
-  with checkpointing.PreemptionGuard() as guard:
-    while step < tc.num_steps:
-      batch, _ = next(batches)
-      state, metrics = step_fn(state, batch, base_key)
+  with checkpointing.Preemption(manager) as preemption:
+    preemption.reached(start)  # every host's sync counter starts at the same step
+    if start == 0 and tc.eval_every and not evaluate(0, preemption):
+      preempted = True
+    compiled = None
+    if not preempted and step < tc.num_steps:
+      first = next(batches)[0]
+      _log("compiling the train step ...")
+      t0 = time.time()
+      done, compiled = preemption.agreed_run(
+          lambda: step_fn.lower(state, first, base_key).compile(), "compile")
+      if done:
+        _log(f"compiled in {time.time() - t0:.0f} s")
+      else:
+        preempted = True
+        _log(f"SIGTERM during the compile: stopping at step {step} (nothing new to save; "
+             f"resume by rerunning)")
+    while not preempted and step < tc.num_steps:
+      batch = first if step == start else next(batches)[0]
+      profiler.before(step + 1)
+      state, metrics = compiled(state, batch, base_key)
       step += 1
       n_log += 1
       pending.append((step, metrics))
       progress(step)
+      profiler.after(step)
       if step_hook is not None:
         step_hook(step)
       last = step == tc.num_steps
-      stop = guard.requested
+      stop = preemption.reached(step)
       if step % tc.log_every == 0 or last or stop or step % tc.checkpoint_every == 0:
-        means = flush(step)
+        means = flush()
         if step % tc.log_every == 0 or last:
           dt = time.time() - t_log
           ips = n_log * tc.batch_size / max(dt, 1e-9)
@@ -255,51 +385,64 @@ def train_and_evaluate(config, workdir: str, *,
                        (tc.num_steps - step) * dt / max(n_log, 1), tc.batch_size))
           t_log, n_log = time.time(), 0
       if step % tc.checkpoint_every == 0 or last or stop:
-        checkpointing.save(manager, state, force=True)
-        saved_at = step
+        save()
       if stop:
         preempted = True
-        _log(f"SIGTERM: saved a checkpoint at step {step}; stopping (resume by rerunning)")
+        _log(f"preemption: every host saved step {step}; stopping (resume by rerunning)")
         break
       if tc.eval_every and step % tc.eval_every == 0 and not last:
-        evaluate(step)
-  manager.wait_until_finished()
-  if not preempted:
-    if saved_at != step:
-      checkpointing.save(manager, state, force=True)
+        if not evaluate(step, preemption):
+          save()
+          preempted = True
+          _log(f"preemption during evaluation: saved step {step}; stopping")
+    batches.close()
+    manager.wait_until_finished()
+    if not preempted:
+      save()
       manager.wait_until_finished()
-    evaluate(step)
+      if not evaluate(step, preemption):
+        preempted = True
+        _log(f"preemption during the final evaluation (step {step} is saved); stopping")
+  profiler.after(tc.num_steps)
   writer.flush()
   manager.close()
   return {"step": step, "preempted": preempted, "evals": evals, "state": state}
 
 
-def evaluate_only(config, workdir: str) -> dict:
-  """Evaluates the latest checkpoint in `workdir` (or, with none, `init` weights).
+def evaluate_only(config, workdir) -> dict:
+  """Evaluates the latest checkpoint (or, with none, `init` weights).
 
   Writes `<workdir>/eval/step_<k>/` (k = the checkpoint step, 0 for imported weights).
+  -> the evaluation summary + step (+ preempted=True when SIGTERM stopped it).
   """
   spec = RunSpec.from_config(config)
   spec.init.check_files()
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.resolve(workdir)
+  ckpt_dir = checkpoint_dir(spec, workdir)
+  _check_hosts(config, spec, workdir, ckpt_dir)
   mesh = sharding.make_mesh()
-  builder = sources.prepare_builder(spec.data, _log)
-  manager = checkpointing.make_manager(workdir, max_to_keep=spec.train.keep_checkpoints)
+  builder = hosts.host0_first("prepare dataset",
+                              lambda: sources.prepare_builder(spec.data, _log))
+  manager = checkpointing.make_manager(ckpt_dir, max_to_keep=spec.train.keep_checkpoints)
   if manager.latest_step() is None and not (spec.init.checkpoint or spec.init.backbone):
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints and no "
-                            "config.init.checkpoint to evaluate")
-  state, step = initial_state(spec, mesh, manager)
-  manager.close()
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no config.init.checkpoint to "
+                            "evaluate")
+  state, step, _ = initial_state(spec, mesh, manager)
   evaluator = eval_loop.Evaluator(spec.detector, builder, spec.data.eval_split,
                                   spec.inference, spec.eval_loop, log=_log)
   _log(f"evaluating {evaluator.split} at step {step} ...")
-  r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats},
-                    os.path.join(workdir, "eval", f"step_{step}"))
+  out = workdir / "eval" / f"step_{step}"
+  with checkpointing.Preemption(manager) as preemption:
+    r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats}, out,
+                      preemption=preemption)
+  manager.close()
+  if r is None:
+    _log("SIGTERM: evaluation stopped")
+    return {"step": step, "preempted": True}
   if "aps" in r:
     _log("WIDER AP " + "  ".join(f"{k} {v:.4f}" for k, v in r["aps"].items())
-         + f"  ({r['num_images']} images; predictions in {workdir}/eval/step_{step})")
+         + f"  ({r['num_images']} images; predictions in {out})")
   return dict(r, step=step)
-
 
 def main_summary(result: dict) -> str:
   """The last lines the main job prints: the AP curve of a run."""

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 
 import numpy as np
 
+from tinyfaces_jax import paths
 from tinyfaces_jax.evaluation import wider_io
 
 SOURCES = ("embedded", "wider")
@@ -42,6 +44,8 @@ class DataConfig:
   image_size: int = 640
   max_boxes: int = 256
   shuffle_buffer: int = 1024
+  threads: int = 0
+  ram_budget_gb: float = 0.0
 
   def __post_init__(self):
     if self.source not in SOURCES:
@@ -52,7 +56,7 @@ def _opt(path: str):
   """"" -> None (look in manual_dir), "none" -> False (do not use), else the path."""
   if not path:
     return None
-  return False if path.lower() == "none" else os.path.expanduser(path)
+  return False if path.lower() == "none" else str(paths.resolve(path))
 
 
 def prepare_builder(cfg: DataConfig, log=print):
@@ -62,25 +66,28 @@ def prepare_builder(cfg: DataConfig, log=print):
   from tinyfaces_jax.data.wider_face import WiderFace
 
   tfds.disable_progress_bar()
-  data_dir = os.path.expanduser(cfg.data_dir)
+  data_dir = paths.resolve(cfg.data_dir)
   if cfg.source == "embedded":
     lo, hi = cfg.embedded_image_size
-    root = os.path.join(data_dir, "tinyfaces_embedded",
-                        f"{cfg.embedded_train}x{cfg.embedded_val}_{lo}-{hi}px")
-    manual = os.path.join(root, "release")
-    builder = WiderFace(data_dir=os.path.join(root, "tfds"), eval_dir=False, label_path=False,
+    root = data_dir / "tinyfaces_embedded" / (
+        f"{cfg.embedded_train}x{cfg.embedded_val}_{lo}-{hi}px")
+    builder = WiderFace(data_dir=str(root / "tfds"), eval_dir=False, label_path=False,
                         splits=("train", "validation"))
     if not builder.is_prepared():
       t0 = time.time()
       log(f"building the embedded dataset ({cfg.embedded_train} train + {cfg.embedded_val} "
           f"val images, {lo}-{hi} px) under {root}")
-      embedded.build_embedded_wider(manual, num_train=cfg.embedded_train,
-                                    num_val=cfg.embedded_val, image_size=(lo, hi))
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=manual))
+      # The release files are only read by the builder: a URL data_dir gets them built in a
+      # local temporary folder, the prepared dataset itself lands under the URL.
+      with tempfile.TemporaryDirectory(prefix="tinyfaces_embedded_") as tmp:
+        manual = os.path.join(tmp, "release") if paths.is_url(root) else str(root / "release")
+        embedded.build_embedded_wider(manual, num_train=cfg.embedded_train,
+                                      num_val=cfg.embedded_val, image_size=(lo, hi))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual))
       log(f"embedded dataset ready in {time.time() - t0:.0f} s")
     return builder
-  builder = WiderFace(data_dir=data_dir, label_path=_opt(cfg.label_path),
+  builder = WiderFace(data_dir=str(data_dir), label_path=_opt(cfg.label_path),
                       eval_dir=_opt(cfg.eval_dir))
   if not builder.is_prepared():
     if not cfg.manual_dir:
@@ -88,14 +95,14 @@ def prepare_builder(cfg: DataConfig, log=print):
           f"WIDER FACE is not prepared in {data_dir} and config.data.manual_dir is empty: set "
           "--config.data.manual_dir=/path/to/release (the folder holding the official WIDER "
           "FACE release files) or --config.data.data_dir to where it was prepared")
-    manual = os.path.expanduser(cfg.manual_dir)
-    if not os.path.isdir(manual):
+    manual = paths.resolve(cfg.manual_dir)
+    if not manual.is_dir():
       raise FileNotFoundError(f"config.data.manual_dir {cfg.manual_dir!r} is not a folder; it "
                               "must hold the official WIDER FACE release files")
     log(f"preparing WIDER FACE from {manual} into {data_dir} (once; decode-checks every "
         "image)")
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual))
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   return builder
 
 
