@@ -2,29 +2,37 @@
 
   python benchmarks/train_step.py [--configs mnet,r50] [--mnet_batch 4] [--r50_batch 2]
       [--steps 3] [--bf16] [--results [FILE]] [--peak_tflops 989] [--flops] [--no_peer]
-      [--conv_impl auto|conv|fast]
+      [--conv_impl auto|conv|fast] [--image_size S]
 
 Configs (the reference recipes' input sizes): "mnet" = RetinaFace-MobileNet0.25 at 640x640,
-"r50" = RetinaFace-ResNet50 at 840x840. Per config, on synthetic batches (random BGR - mean
+"r50" = RetinaFace-ResNet50 at 840x840. Per config, on synthetic batches (random RGB 0..255
 images; M = 64 ground-truth slots with about 10 random faces per image, landmarks for half):
-  * ours: `train_step.create_train_state` + `make_train_step` (`--bf16`: bf16=True) with
-    `RetinaFace`, `losses.multibox_loss` (MultiboxLossConfig defaults: argmax matching at IoU
-    0.35, 7:1 OHEM, landmarks; matching and OHEM run INSIDE the jitted step), SGD-momentum 0.9,
-    lr 1e-3, weight decay 5e-4 (`optim.make_optimizer`), on `sharding.make_mesh()` with the
-    batch placed by `sharding.host_to_global`;
+  * ours: the step training runs (train.py): `detectors.build_detector("retinaface", ...)`,
+    `train_step.create_train_state` (float32 model) + `make_train_step(model, det.loss, mesh,
+    bf16=..., preprocess=det.preprocess)`: RGB -> BGR - mean inside the step, RetinaFace,
+    `losses.multibox_loss` (MultiboxLossConfig defaults: argmax matching at IoU 0.35, 7:1
+    OHEM, landmarks; matching and OHEM run INSIDE the jitted step), SGD-momentum 0.9, lr
+    1e-3, weight decay 5e-4 (`optim.make_optimizer`), on `sharding.make_mesh()` with the
+    batch placed by `sharding.host_to_global`; compiled ahead of time (`step.lower(...)
+    .compile()`, as train.py does), one warm-up step, then --steps timed steps.
+    `--bf16`: the step's model is `det.with_dtype(jnp.bfloat16).model` and bf16=True (what
+    train.bf16 builds): convs / dots / activations in bfloat16; parameters, optimizer state,
+    loss, matching and box math float32;
   * peer: benchmarks/torch_retinaface_peer.py, the same network in PyTorch (CPU, threads =
-    os.cpu_count(); `--bf16`: CPU autocast bf16): forward + backward + torch.optim.SGD step,
-    the same loss on targets PRECOMPUTED once with our matcher (the peer EXCLUDES in-step
-    matching and hard-negative mining). Skipped with a message when torch is not importable.
-Prints images/s for both and ours / peer per config (after one warm-up/compile step, --steps
-timed steps). With --results, writes a JSON (default benchmarks/results/train_step_<platform>.json)
-naming the device; on a GPU (or with --flops) it adds XLA's FLOPs per step (compiled
-cost_analysis) and MFU = FLOPs / step time / (--peak_tflops x devices).
+    os.cpu_count(); `--bf16`: CPU autocast bf16) on the same images as BGR - mean:
+    forward + backward + torch.optim.SGD step, the same loss on targets PRECOMPUTED once with
+    our matcher (the peer EXCLUDES in-step matching and hard-negative mining). Skipped with a
+    message when torch is not importable.
+Prints images/s for both and ours / peer per config. With --results, writes a JSON (default
+benchmarks/results/train_step_<platform>.json) naming the device.
+FLOPs: XLA's cost_analysis of the compiled step. For the program partitioned over the mesh it
+counts ONE device's share (flops_per_device; flops_total = flops_per_device x devices), so
+MFU = flops_per_device / step time / per-device peak (--peak_tflops); printed on a GPU/TPU or
+with --flops (on CPU the peak is not the CPU's).
 --conv_impl picks how our convs are computed (models/layers.py: 'auto' = depthwise shift-adds
 and 1x1 matmuls on CPU, XLA convolutions elsewhere; 'conv' = always XLA convolutions).
---bf16 computes the model in bfloat16 (RetinaFaceConfig.dtype) with float32 parameters, loss
-and box math.
-No TensorFlow anywhere in the import chain (runs on an image with only jax/flax/optax/orbax).
+No TensorFlow, tensorflow_datasets, clu or ml_collections in the import chain (runs on an
+image with only jax/flax/optax/orbax).
 CPU timings on a shared machine are noisy: quote numbers from a quiet machine.
 """
 
@@ -56,10 +64,11 @@ SLOTS, FACES = 64, 10
 
 
 def synthetic_batch(rng: np.random.Generator, b: int, size: int) -> dict:
-  """Host batch: image [B, S, S, 3] float32 BGR - mean, boxes [B, M, 4] xyxy, box_mask [B, M],
-  landmarks [B, M, 5, 2], landmarks_present [B, M] (M = 64; 8..12 faces per image, side
-  log-uniform 12 .. S/2 px, landmarks inside the box for a random half of them)."""
-  image = (rng.uniform(0, 255, (b, size, size, 3)) - np.asarray(MEAN_BGR)).astype(np.float32)
+  """Host batch as the training pipeline gives it: image [B, S, S, 3] float32 RGB 0..255,
+  boxes [B, M, 4] xyxy, box_mask [B, M], landmarks [B, M, 5, 2], landmarks_present [B, M]
+  (M = 64; 8..12 faces per image, side log-uniform 12 .. S/2 px, landmarks inside the box for
+  a random half of them)."""
+  image = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
   side = np.exp(rng.uniform(np.log(12), np.log(size / 2), (b, SLOTS)))
   x1, y1 = (rng.uniform(0, size - side) for _ in range(2))
   boxes = np.stack([x1, y1, x1 + side, y1 + side], -1)
@@ -92,15 +101,20 @@ def precomputed_targets(batch: dict, anchors: np.ndarray, seed: int = 0) -> dict
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool, want_flops: bool,
-             conv_impl: str = "auto") -> dict:
-  """Our step on the mesh -> dict(images_per_s, step_s, compile_s, loss, flops_per_step).
+def flops_per_device(compiled) -> float | None:
+  """XLA's FLOPs of one device's share of a compiled (partitioned) program, or None."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0)) or None
 
-  The detector is built as train.py builds it (detectors.build_detector: RetinaFace + the
-  multibox loss with in-step matching and OHEM); the synthetic images are already the model
-  input (BGR - mean), so no preprocess runs in the step."""
-  det = detectors.build_detector("retinaface", {
-      "preset": preset, "conv_impl": conv_impl, "dtype": "bfloat16" if bf16 else "float32"})
+
+def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool,
+             conv_impl: str = "auto") -> dict:
+  """The library's train step on the mesh, as train.py builds and runs it -> dict(
+  images_per_s, step_s, compile_s, first_step_s, loss, num_pos, flops_per_device,
+  flops_total, devices, compute_dtype)."""
+  det = detectors.build_detector("retinaface", {"preset": preset, "conv_impl": conv_impl})
+  train_det = det.with_dtype(jnp.bfloat16) if bf16 else det
   mesh = sharding.make_mesh()
   b = batch["image"].shape[0]
   sharding.check_batch_size(b, mesh)
@@ -108,25 +122,27 @@ def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool, want_f
   shapes = jax.eval_shape(lambda: det.init_variables((size, size)))
   tx = optim.make_optimizer(OPTIM, shapes["params"])
   state = train_step.create_train_state(det.model, tx, (size, size, 3), key, mesh)
-  step = train_step.make_train_step(det.model, det.loss, mesh, bf16=bf16)
+  step = train_step.make_train_step(train_det.model, det.loss, mesh, bf16=bf16,
+                                    preprocess=det.preprocess)
   gbatch = sharding.host_to_global(batch, mesh)
-  flops = None
-  if want_flops:
-    cost = jax.jit(step).lower(state, gbatch, key).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) or None
   t0 = time.perf_counter()
-  state, metrics = step(state, gbatch, key)   # the first call traces and compiles
-  jax.block_until_ready(metrics)
+  compiled = step.lower(state, gbatch, key).compile()
   compile_s = time.perf_counter() - t0
+  flops = flops_per_device(compiled)
+  t0 = time.perf_counter()
+  state, metrics = compiled(state, gbatch, key)   # warm-up
+  jax.block_until_ready(metrics)
+  first_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, gbatch, key)
+    state, metrics = compiled(state, gbatch, key)
   jax.block_until_ready((state, metrics))
   dt = (time.perf_counter() - t0) / steps
-  return {"images_per_s": b / dt, "step_s": dt, "compile_s": compile_s,
+  n_dev = mesh.devices.size
+  return {"images_per_s": b / dt, "step_s": dt, "compile_s": compile_s, "first_step_s": first_s,
           "loss": float(metrics["loss"]), "num_pos": float(metrics["num_pos"]),
-          "flops_per_step": flops}
+          "compute_dtype": train_det.dtype.name, "devices": n_dev,
+          "flops_per_device": flops, "flops_total": None if flops is None else flops * n_dev}
 
 
 def run_peer(preset: str, batch: dict, anchors: np.ndarray, steps: int, bf16: bool) -> dict:
@@ -138,7 +154,8 @@ def run_peer(preset: str, batch: dict, anchors: np.ndarray, steps: int, bf16: bo
   model = peer.RetinaFaceTorch.from_config(PRESETS[preset])
   targets = {k: torch.from_numpy(np.array(v)) for k, v in
              precomputed_targets(batch, anchors).items()}
-  images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+  bgr = batch["image"][..., ::-1] - np.asarray(MEAN_BGR, np.float32)  # our preprocess
+  images = torch.from_numpy(np.ascontiguousarray(bgr.transpose(0, 3, 1, 2)))
   step = peer.make_peer_step(model, targets, bf16=bf16)
   loss = step(images)  # warm-up
   t0 = time.perf_counter()
@@ -164,9 +181,13 @@ def main():
   p.add_argument("--mnet_batch", type=int, default=4)
   p.add_argument("--r50_batch", type=int, default=2)
   p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up")
-  p.add_argument("--bf16", action="store_true", help="make_train_step(bf16=True); peer autocast")
+  p.add_argument("--image_size", type=int, default=0,
+                 help="square input size for every config (0: the recipe's 640 / 840)")
+  p.add_argument("--bf16", action="store_true",
+                 help="the bf16 model (Detector.with_dtype) + make_train_step(bf16=True), as "
+                      "train.bf16; peer: CPU autocast")
   p.add_argument("--no_peer", action="store_true")
-  p.add_argument("--flops", action="store_true", help="cost_analysis FLOPs also on CPU")
+  p.add_argument("--flops", action="store_true", help="print MFU also on CPU")
   p.add_argument("--peak_tflops", type=float, default=989.0,
                  help="per-device peak for MFU (default H100/H200 bf16 dense)")
   p.add_argument("--results", nargs="?", const="", default=None,
@@ -176,7 +197,7 @@ def main():
   a = p.parse_args()
   dev = jax.devices()[0]
   platform, n_dev = dev.platform, jax.device_count()
-  want_flops = a.flops or platform != "cpu"
+  want_mfu = a.flops or platform != "cpu"
   no_torch = None if a.no_peer else torch_available()
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), "
         f"{os.cpu_count()} cpus; bf16={a.bf16}; conv_impl={a.conv_impl}")
@@ -187,24 +208,30 @@ def main():
   rows = []
   for name in a.configs.split(","):
     preset, size = CONFIGS[name]
+    size = a.image_size or size
     b = a.mnet_batch if name == "mnet" else a.r50_batch
     batch = synthetic_batch(np.random.default_rng(0), b, size)
     anchors = anchors_lib.anchor_grid(PRESETS[preset].anchor_spec, (size, size))
     print(f"\n[{name}] RetinaFace {preset} {size}x{size}, batch {b}, A = {len(anchors)} anchors, "
           f"{int(batch['box_mask'].sum())} faces in the batch", flush=True)
-    ours = run_ours(preset, size, batch, a.steps, a.bf16, want_flops, a.conv_impl)
+    ours = run_ours(preset, size, batch, a.steps, a.bf16, a.conv_impl)
     row = {"config": name, "preset": preset, "image_size": size, "batch_size": b,
            "steps": a.steps, "bf16": a.bf16, "conv_impl": a.conv_impl, "ours": ours}
     print(f"  ours: {ours['images_per_s']:.2f} images/s ({ours['step_s']:.3f} s/step, compile "
-          f"+ first step {ours['compile_s']:.1f} s, loss {ours['loss']:.3f}, "
-          f"{ours['num_pos']:.0f} positives)", flush=True)
-    if ours["flops_per_step"]:
-      tf_s = ours["flops_per_step"] / ours["step_s"] / 1e12
-      ours["achieved_tflops"] = tf_s
-      ours["mfu"] = tf_s / (a.peak_tflops * n_dev)
-      print(f"  ours: {ours['flops_per_step'] / 1e9:.1f} GFLOP/step (XLA cost_analysis), "
-            f"{tf_s:.3f} TFLOP/s, MFU {100 * ours['mfu']:.3g}% of {a.peak_tflops:g} TFLOP/s "
-            f"x {n_dev}")
+          f"{ours['compile_s']:.1f} s, first step {ours['first_step_s']:.2f} s, loss "
+          f"{ours['loss']:.3f}, {ours['num_pos']:.0f} positives, model in "
+          f"{ours['compute_dtype']})", flush=True)
+    if ours["flops_per_device"]:
+      per_dev = ours["flops_per_device"] / ours["step_s"] / 1e12
+      ours["achieved_tflops_per_device"] = per_dev
+      ours["achieved_tflops_total"] = per_dev * ours["devices"]
+      print(f"  ours: XLA cost_analysis {ours['flops_per_device'] / 1e9:.4g} GFLOP per device "
+            f"per step (x {ours['devices']} devices = {ours['flops_total'] / 1e9:.4g} GFLOP), "
+            f"{per_dev:.3f} TFLOP/s per device", flush=True)
+      if want_mfu:
+        ours["mfu"] = per_dev / a.peak_tflops
+        print(f"  ours: MFU {100 * ours['mfu']:.3g}% (per-device FLOPs / step time / "
+              f"{a.peak_tflops:g} TFLOP/s per device)")
     if run_torch:
       peer = run_peer(preset, batch, anchors, a.steps, a.bf16)
       row["peer"] = peer
@@ -222,10 +249,14 @@ def main():
           + (f"{pe:.2f} | {r['ours_over_peer']:.2f}x |" if pe else "skipped | - |"))
   print("(peer excludes in-step matching + OHEM; ours includes them. Timings on a shared "
         "machine are noisy.)")
-  print(f"tensorflow imported: {'tensorflow' in sys.modules}")
+  print("imported: " + ", ".join(f"{m} {m in sys.modules}" for m in (
+      "tensorflow", "tensorflow_datasets", "clu", "ml_collections")))
   if a.results is not None:
     results_file.write_results(a.results, "train_step", {
         "peak_tflops_per_device": a.peak_tflops,
+        "flops": "XLA cost_analysis of the compiled step: flops_per_device is one device's "
+                 "share; flops_total = flops_per_device x devices; mfu = flops_per_device / "
+                 "step_s / peak_tflops_per_device",
         "peer": None if not run_torch else "torch CPU, precomputed targets "
                                            "(excludes matching/OHEM)",
         "peer_skipped_reason": no_torch, "configs": rows})

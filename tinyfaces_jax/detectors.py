@@ -9,12 +9,17 @@ MTCNN add theirs).
 Images reach `preprocess` as float32 RGB 0..255 [B, H, W, 3] (what the tf.data pipelines and
 the image loaders produce); `decode` returns, in the pixels of the model input [H, W]:
   boxes [B, A, 4] xyxy, scores [B, A] face probability, and optionally landmarks [B, A, P, 2].
+
+Mixed precision: `detector.with_dtype(jnp.bfloat16)` is the same detector whose model
+computes in bfloat16 (convs, dots, BatchNorm output, activations, neck, heads) with the same
+variables tree, float32 parameters / batch statistics and float32 outputs; the loss and
+decoding are float32 either way. Training builds it for the train step (train.bf16) and
+evaluates with the float32 one on the same parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -22,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import losses, settings
+from tinyfaces_jax import losses, paths, settings
 from tinyfaces_jax.detection import anchors as anchors_lib
 
 Array = jnp.ndarray
@@ -34,7 +39,9 @@ class Detector:
 
   Attributes:
     name: family name, e.g. "retinaface".
-    model: the flax module; `model.apply(variables, preprocess(images), train=...)` -> outputs.
+    model: the flax module; `model.apply(variables, preprocess(images), train=...)` -> outputs
+      (float32). Its `config` is a frozen dataclass with a `dtype` field (the compute dtype
+      name, models/layers.py), which `with_dtype` replaces.
     preprocess: [B, H, W, 3] float32 RGB 0..255 -> model input.
     loss: (outputs, batch, key) -> (scalar loss, metrics); `key` drives sampling inside the
       loss (OHEM draws); the training image size is read from batch["image"] (static), so
@@ -63,6 +70,26 @@ class Detector:
     rng = jax.random.key(0) if rng is None else rng
     x = jnp.zeros((1,) + tuple(image_hw) + (3,), jnp.float32)
     return self.model.init(rng, self.preprocess(x), train=False)
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    """The model's compute dtype (float32 unless configured or `with_dtype`)."""
+    return jnp.dtype(self.model.config.dtype)
+
+  def with_dtype(self, dtype) -> "Detector":
+    """This detector with its model computing in `dtype` (e.g. jnp.bfloat16): the same
+    variables tree (parameters and batch statistics float32), outputs float32; preprocess,
+    loss, decode and importers unchanged."""
+    cfg = getattr(self.model, "config", None)
+    if not (dataclasses.is_dataclass(cfg) and any(f.name == "dtype"
+                                                  for f in dataclasses.fields(cfg))):
+      raise ValueError(f"{self.name}: the model has no config.dtype, so it cannot compute in "
+                       f"{dtype}")
+    name = jnp.dtype(dtype).name
+    if name not in ("float32", "bfloat16"):
+      raise ValueError(f"{self.name}: compute dtype must be float32 or bfloat16, got {name}")
+    return dataclasses.replace(self, model=self.model.clone(
+        config=dataclasses.replace(cfg, dtype=name)))
 
 
 def _retinaface(model: dict, loss: dict) -> Detector:
@@ -118,12 +145,16 @@ def _hr(model: dict, loss: dict) -> Detector:
 BUILDERS: dict[str, Callable[[dict, dict], Detector]] = {"retinaface": _retinaface, "hr": _hr}
 
 
-def build_detector(name: str, model: Any = None, loss: Any = None) -> Detector:
-  """The detector `name` configured by the `model` and `loss` sections (mappings)."""
+def build_detector(name: str, model: Any = None, loss: Any = None,
+                   dtype: Any = None) -> Detector:
+  """The detector `name` configured by the `model` and `loss` sections (mappings); `dtype`
+  (e.g. jnp.bfloat16) overrides the model's compute dtype (None: the section's `dtype`,
+  default float32; see `Detector.with_dtype`)."""
   if name not in BUILDERS:
     raise settings.ConfigError(f"config.detector: unknown detector {name!r}; known: "
                                f"{sorted(BUILDERS)}")
-  return BUILDERS[name](settings.as_dict(model), settings.as_dict(loss))
+  det = BUILDERS[name](settings.as_dict(model), settings.as_dict(loss))
+  return det if dtype is None else det.with_dtype(dtype)
 
 
 def load_initial_weights(detector: Detector, variables: dict, *, checkpoint: Optional[str] = None,
@@ -135,24 +166,29 @@ def load_initial_weights(detector: Detector, variables: dict, *, checkpoint: Opt
     variables: {'params', 'batch_stats'} (numpy or jax arrays).
     checkpoint: a whole-model public checkpoint (e.g. a RetinaFace .pth / .onnx), or None.
     backbone: an ImageNet backbone checkpoint put into `detector.backbone_scope`, or None.
+    Either may be a local path (`~` expanded) or a URL (gs://...: stays a URL, paths.py);
+    the importers get the resolved path as a string.
   Returns:
     (variables, a one-line description of what was loaded).
   Raises:
     FileNotFoundError naming the path; ValueError when a checkpoint does not fit the model.
   """
+  resolved = {}
   for path in (checkpoint, backbone):
-    if path and not os.path.exists(os.path.expanduser(path)):
-      raise FileNotFoundError(f"initial weights not found: {path}")
+    if path:
+      resolved[path] = paths.resolve(path)
+      if not resolved[path].exists():
+        raise FileNotFoundError(f"initial weights not found: {path}")
   if checkpoint:
     if detector.import_weights is None:
       raise ValueError(f"{detector.name}: no importer for whole-model checkpoints")
-    loaded = detector.import_weights(os.path.expanduser(checkpoint))
+    loaded = detector.import_weights(str(resolved[checkpoint]))
     _check_same_tree(variables, loaded, checkpoint)
     return loaded, f"whole model from {checkpoint}"
   if backbone:
     if detector.import_backbone is None:
       raise ValueError(f"{detector.name}: no importer for backbone checkpoints")
-    sub = detector.import_backbone(os.path.expanduser(backbone))
+    sub = detector.import_backbone(str(resolved[backbone]))
     scope = detector.backbone_scope
     out = {}
     for coll, tree in variables.items():

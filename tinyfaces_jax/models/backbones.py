@@ -13,11 +13,15 @@ ceil(H / 2) and the taps of stride s have exactly ceil(H / s) x ceil(W / s) cell
 feature sizes of `detection.anchors.feature_sizes`).
 BatchNorm: epsilon 1e-5 and momentum 0.9 (PyTorch's 0.1); running statistics in
 `batch_stats`, used when `train=False`.
+How the layers compute (conv impl, compute dtype, float32 parameters) is bound by the caller:
+every module takes `conv_bn` (a ConvBN constructor; VGG16: `conv`, a Conv2D one) from
+`layers.layer_constructors`; the defaults are the plain classes (float32).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -25,21 +29,17 @@ import jax
 from tinyfaces_jax.models.layers import ACTIVATIONS, Conv2D, ConvBN, activate  # noqa: F401
 
 class DepthwiseSeparable(nn.Module):
-  """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw")."""
+  """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw"), both
+  built by `conv_bn` (its activation bound by the caller)."""
   features: int
   stride: int = 1
-  activation: str = "leaky_relu"
-  negative_slope: float = 0.1
-  impl: str = "auto"
-  dtype: Any = None
+  conv_bn: Callable = ConvBN
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     c = x.shape[-1]
-    kw = dict(activation=self.activation, negative_slope=self.negative_slope, impl=self.impl,
-              dtype=self.dtype)
-    x = ConvBN(c, 3, self.stride, groups=c, name="dw", **kw)(x, train)
-    return ConvBN(self.features, 1, name="pw", **kw)(x, train)
+    x = self.conv_bn(c, 3, self.stride, groups=c, name="dw")(x, train)
+    return self.conv_bn(self.features, 1, name="pw")(x, train)
 
 
 # (features, stride) per layer; the first layer of stage1 is a full 3x3 ConvBN.
@@ -59,21 +59,20 @@ class MobileNetV1(nn.Module):
   """
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
-  impl: str = "auto"
-  dtype: Any = None
+  conv_bn: Callable = ConvBN
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     taps = {}
-    kw = dict(activation=self.activation, negative_slope=self.negative_slope, impl=self.impl,
-              dtype=self.dtype)
+    conv_bn = functools.partial(self.conv_bn, activation=self.activation,
+                                negative_slope=self.negative_slope)
     for stage, layers in MOBILENET_025_STAGES.items():
       for i, (features, stride) in enumerate(layers):
         name = f"{stage}_{i}"
         if stage == "stage1" and i == 0:
-          x = ConvBN(features, 3, stride, name=name, **kw)(x, train)
+          x = conv_bn(features, 3, stride, name=name)(x, train)
         else:
-          x = DepthwiseSeparable(features, stride, name=name, **kw)(x, train)
+          x = DepthwiseSeparable(features, stride, conv_bn=conv_bn, name=name)(x, train)
       taps[stage] = x
     return taps
 
@@ -84,17 +83,16 @@ class Bottleneck(nn.Module):
   planes: int
   stride: int = 1
   downsample: bool = False
-  impl: str = "auto"
-  dtype: Any = None
+  conv_bn: Callable = ConvBN
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    kw = dict(impl=self.impl, dtype=self.dtype)
-    y = ConvBN(self.planes, 1, activation="relu", name="conv1", **kw)(x, train)
-    y = ConvBN(self.planes, 3, self.stride, activation="relu", name="conv2", **kw)(y, train)
-    y = ConvBN(self.planes * 4, 1, name="conv3", **kw)(y, train)
+    conv_bn = self.conv_bn
+    y = conv_bn(self.planes, 1, activation="relu", name="conv1")(x, train)
+    y = conv_bn(self.planes, 3, self.stride, activation="relu", name="conv2")(y, train)
+    y = conv_bn(self.planes * 4, 1, name="conv3")(y, train)
     if self.downsample:
-      x = ConvBN(self.planes * 4, 1, self.stride, name="downsample", **kw)(x, train)
+      x = conv_bn(self.planes * 4, 1, self.stride, name="downsample")(x, train)
     return jax.nn.relu(y + x)
 
 
@@ -120,19 +118,17 @@ class ResNet(nn.Module):
   """
   depth: str = "resnet50"
   last_layer: int = 4
-  impl: str = "auto"
-  dtype: Any = None
+  conv_bn: Callable = ConvBN
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    kw = dict(impl=self.impl, dtype=self.dtype)
-    x = ConvBN(64, 7, 2, activation="relu", name="stem", **kw)(x, train)
+    x = self.conv_bn(64, 7, 2, activation="relu", name="stem")(x, train)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     taps = {}
     for name, planes, blocks, stride in resnet_layers(self.depth)[:self.last_layer]:
       for j in range(blocks):
         x = Bottleneck(planes, stride if j == 0 else 1, downsample=(j == 0),
-                       name=f"{name}_{j}", **kw)(x, train)
+                       conv_bn=self.conv_bn, name=f"{name}_{j}")(x, train)
       if name in RESNET_TAPS:
         taps[RESNET_TAPS[name]] = x
     return taps
@@ -149,8 +145,7 @@ class VGG16(nn.Module):
   block b is named f"conv{b}_{j}".
   """
   last_block: int = 5
-  impl: str = "auto"
-  dtype: Any = None
+  conv: Callable = Conv2D
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -161,8 +156,7 @@ class VGG16(nn.Module):
         h, w = x.shape[1:3]
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
       for j in range(1, n + 1):
-        x = jax.nn.relu(Conv2D(features, 3, use_bias=True, impl=self.impl, dtype=self.dtype,
-                               name=f"conv{b}_{j}")(x))
+        x = jax.nn.relu(self.conv(features, 3, use_bias=True, name=f"conv{b}_{j}")(x))
       if b == 4:
         taps["C3"] = x
       if b == 5:
@@ -176,15 +170,15 @@ BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
 
 
 def make_backbone(name: str, activation: str = "leaky_relu", negative_slope: float = 0.1,
-                  module_name: Optional[str] = "body", impl: str = "auto",
-                  dtype: Any = None) -> nn.Module:
-  """Backbone by name ('mobilenet0.25', 'resnet50', 'resnet101', 'resnet152'); ResNets
-  ignore the activation. `impl` / `dtype`: how convs are computed and in which dtype
-  (models/layers.py)."""
+                  module_name: Optional[str] = "body", conv_bn: Callable = ConvBN,
+                  conv: Callable = Conv2D) -> nn.Module:
+  """Backbone by name ('mobilenet0.25', 'resnet50', 'resnet101', 'resnet152', 'vgg16');
+  ResNets ignore the activation. `conv_bn` / `conv`: the layer constructors with the conv
+  impl and compute dtype bound (`layers.layer_constructors`)."""
   if name == "mobilenet0.25":
-    return MobileNetV1(activation, negative_slope, impl=impl, dtype=dtype, name=module_name)
+    return MobileNetV1(activation, negative_slope, conv_bn=conv_bn, name=module_name)
   if name in RESNET_BLOCKS:
-    return ResNet(depth=name, impl=impl, dtype=dtype, name=module_name)
+    return ResNet(depth=name, conv_bn=conv_bn, name=module_name)
   if name == "vgg16":
-    return VGG16(impl=impl, dtype=dtype, name=module_name)
+    return VGG16(conv=conv, name=module_name)
   raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONE_TAPS)}")

@@ -22,11 +22,13 @@ Input: [B, H, W, 3] float32, RGB minus the training mean image (not scaled).
 from __future__ import annotations
 
 import dataclasses
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from tinyfaces_jax.models.backbones import MobileNetV1, ResNet, VGG16
-from tinyfaces_jax.models.layers import Conv2D
+from tinyfaces_jax.models.layers import layer_constructors
 
 # peiyunh/tiny data/widerface/imageStats.mat averageImage (RGB).
 TINY_RGB_MEAN = (119.29959869, 110.54627228, 101.83843231)
@@ -46,7 +48,9 @@ class HRConfig:
     fusion: which taps score the templates: "res3+res4" (the release's hybrid), or one of
       "res3", "res4" alone (the receptive-field / context ablations of the paper; "res4" is
       still upsampled to the stride-8 grid).
-    conv_impl / dtype: as in models/layers.py (how convs are computed; compute dtype).
+    conv_impl / dtype: as in models/layers.py (how convs are computed; compute dtype:
+      'bfloat16' computes the trunk and score convs in it, parameters and batch statistics
+      stay float32 and the score maps are returned in float32).
   """
   backbone: str = "resnet101"
   num_templates: int = 25
@@ -102,21 +106,22 @@ class HybridResolution(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     cfg = self.config
-    kw = dict(impl=cfg.conv_impl, dtype=jnp.dtype(cfg.dtype))
+    conv, conv_bn = layer_constructors(cfg.conv_impl, cfg.dtype, param_dtype=jnp.float32)
     if cfg.backbone == "mobilenet0.25":
-      taps = MobileNetV1(cfg.activation, name="body", **kw)(x, train)
+      taps = MobileNetV1(cfg.activation, conv_bn=conv_bn, name="body")(x, train)
       c3, c4 = taps["stage1"], taps["stage2"]
     elif cfg.backbone == "vgg16":
-      taps = VGG16(name="body", **kw)(x, train)
+      taps = VGG16(conv=conv, name="body")(x, train)
       c3, c4 = taps["C3"], taps["C4"]
     else:
-      taps = ResNet(depth=cfg.backbone, last_layer=3, name="body", **kw)(x, train)
+      taps = ResNet(depth=cfg.backbone, last_layer=3, conv_bn=conv_bn, name="body")(x, train)
       c3, c4 = taps["C3"], taps["C4"]
     n = 5 * cfg.num_templates
-    zeros = dict(use_bias=True, kernel_init=nn.initializers.zeros, **kw)  # as released
-    s4 = Conv2D(n, 1, name="score_res4", **zeros)(c4)
+    score = functools.partial(conv, n, 1, use_bias=True,
+                              kernel_init=nn.initializers.zeros)  # as released
+    s4 = score(name="score_res4")(c4)
     s4 = bilinear_upsample_2x(s4)
-    s3 = Conv2D(n, 1, name="score_res3", **zeros)(c3)
+    s3 = score(name="score_res3")(c3)
     s3 = s3[:, :s4.shape[1], :s4.shape[2]]
     if s3.shape[1:3] != s4.shape[1:3]:
       raise ValueError(f"stride-8 map {s3.shape[1:3]} smaller than the upsampled stride-16 "

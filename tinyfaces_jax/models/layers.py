@@ -11,11 +11,22 @@ checkpoints do not depend on how it is computed. The computation is chosen per l
     (cheaper weight gradients than a convolution on XLA CPU);
   * `lax.conv_general_dilated` otherwise.
 `impl` "auto" takes the first two on the CPU backend only (the platform jit compiles for).
-Compute dtype: `dtype` (e.g. bfloat16) casts input and kernel; parameters stay float32.
+
+Mixed precision: `dtype` is the compute dtype (None: the input's, at least float32). With
+bfloat16 the input and the kernel are cast to it, so every path (convolution, shift-add
+taps, 1x1 dot) runs on bf16 operands and returns bf16; parameters are created in
+`param_dtype` (float32) and their gradients come back in it through the cast. ConvBN's
+BatchNorm is flax's with the same dtype / param_dtype: the batch statistics are reduced in
+float32, the running averages, scale and bias are float32, the normalisation arithmetic is
+float32 (flax promotes the bf16 input against the float32 statistics) and its output is cast
+to `dtype`, so the next layer gets bf16 again.
+A model binds these shared options once (`layer_constructors`: functools.partial of Conv2D
+and ConvBN) and passes the constructors down to its backbone, neck and heads.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -74,6 +85,7 @@ class Conv2D(nn.Module):
   use_bias: bool = False
   impl: str = "auto"
   dtype: Any = None
+  param_dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
@@ -83,8 +95,8 @@ class Conv2D(nn.Module):
     cin = x.shape[-1]
     k, s, p = self.kernel, self.stride, self.kernel // 2
     w = self.param("kernel", self.kernel_init,
-                   (k, k, cin // self.groups, self.features), jnp.float32)
-    dtype = self.dtype or jnp.promote_types(x.dtype, jnp.float32)
+                   (k, k, cin // self.groups, self.features), self.param_dtype)
+    dtype = jnp.promote_types(x.dtype, jnp.float32) if self.dtype is None else self.dtype
     x, w = x.astype(dtype), w.astype(dtype)
     fast = self.impl == "fast" or (self.impl == "auto" and _fast_paths())
     if fast and self.groups > 1 and self.groups == cin == self.features:
@@ -97,7 +109,7 @@ class Conv2D(nn.Module):
                                    feature_group_count=self.groups)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                         jnp.float32).astype(dtype)
+                         self.param_dtype).astype(dtype)
     return y
 
 
@@ -115,11 +127,22 @@ class ConvBN(nn.Module):
   negative_slope: float = 0.1
   impl: str = "auto"
   dtype: Any = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = Conv2D(self.features, self.kernel, self.stride, self.groups, impl=self.impl,
-               dtype=self.dtype, name="conv")(x)
+               dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, name="bn")(x)
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x)
     return activate(x, self.activation, self.negative_slope)
+
+
+def layer_constructors(impl: str = "auto", dtype: Any = None,
+                       param_dtype: Any = jnp.float32) -> tuple[Callable, Callable]:
+  """(conv, conv_bn): `Conv2D` and `ConvBN` with the options every layer of a model shares
+  (conv impl, compute dtype, parameter dtype) bound once by functools.partial; call them as
+  the classes (`conv_bn(64, 3, 2, activation="relu", name="stem")`)."""
+  shared = dict(impl=impl, dtype=None if dtype is None else jnp.dtype(dtype),
+                param_dtype=param_dtype)
+  return functools.partial(Conv2D, **shared), functools.partial(ConvBN, **shared)

@@ -27,7 +27,7 @@ import numpy as np
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.detection import box_coder, nms as nms_lib
 from tinyfaces_jax.models.backbones import BACKBONE_TAPS, make_backbone
-from tinyfaces_jax.models.layers import Conv2D
+from tinyfaces_jax.models.layers import layer_constructors
 from tinyfaces_jax.models.necks import FPN, SSH
 
 MEAN_BGR = (104.0, 117.0, 123.0)
@@ -46,8 +46,10 @@ class RetinaFaceConfig:
     out_channel: FPN / SSH / head input channels.
     anchors: name of the `detection.anchors` preset ('retinaface', 'retinaface_1mb').
     conv_impl: how convs are computed ('auto', 'conv', 'fast'; models/layers.py).
-    dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32 and the heads'
-      outputs are returned in float32.
+    dtype: compute dtype ('float32' or 'bfloat16'): every conv / dot, activation, FPN / SSH
+      and head computes in it (models/layers.py); parameters and batch statistics stay
+      float32 and the heads' outputs are returned in float32 (`detectors.Detector.with_dtype`
+      swaps it on a built detector: same variables).
   """
   backbone: str = "mobilenet0.25"
   activation: str = "leaky_relu"
@@ -92,14 +94,14 @@ class RetinaFace(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    lin = dict(impl=cfg.conv_impl, dtype=dtype)
-    taps = make_backbone(cfg.backbone, cfg.activation, cfg.negative_slope, **lin)(x, train)
+    conv, conv_bn = layer_constructors(cfg.conv_impl, cfg.dtype, param_dtype=jnp.float32)
+    taps = make_backbone(cfg.backbone, cfg.activation, cfg.negative_slope, conv_bn=conv_bn,
+                         conv=conv)(x, train)
     feats = [taps[k] for k in BACKBONE_TAPS[cfg.backbone]]
     for f, c in zip(feats, cfg.tap_channels):
       if f.shape[-1] != c:
         raise ValueError(f"backbone tap has {f.shape[-1]} channels, config expects {c}")
-    kw = dict(lin, activation=cfg.activation, negative_slope=cfg.negative_slope)
+    kw = dict(activation=cfg.activation, negative_slope=cfg.negative_slope, conv_bn=conv_bn)
     pyramid = FPN(cfg.out_channel, name="fpn", **kw)(feats, train)
     per_cell = cfg.anchor_spec.anchors_per_cell()
     if len(per_cell) != 3:
@@ -110,7 +112,7 @@ class RetinaFace(nn.Module):
       b = p.shape[0]
       for key, head, n in (("conf", "ClassHead", 2), ("loc", "BboxHead", 4),
                            ("landm", "LandmarkHead", 10)):
-        y = Conv2D(k * n, 1, use_bias=True, name=f"{head}_{lvl}", **lin)(p)
+        y = conv(k * n, 1, use_bias=True, name=f"{head}_{lvl}")(p)
         outs[key].append(y.reshape(b, -1, n).astype(jnp.float32))
     return {key: jnp.concatenate(v, axis=1) for key, v in outs.items()}
 
