@@ -7,7 +7,8 @@ Starts JAX with 4 CPU devices and gloo collectives through `hosts.initialize` (t
 as `main --coordinator_address`), trains `configs/test.py` with `train.train_and_evaluate`,
 and writes FILE (JSON: step, preempted, APs; with `.npz` beside it: the final parameters).
 `--kill_at=S` sends SIGTERM to this process after step S and sleeps `--kill_sleep` seconds,
-so JAX's notifier reports the notice while the other hosts go on. A hang dumps every
+so JAX's notifier reports the notice while the other hosts go on; `--kill_in_compile=T`
+sends it T seconds after the train step's compile starts. A hang dumps every
 thread's stack and exits after `--timeout` seconds (faulthandler).
 """
 
@@ -33,6 +34,8 @@ def main() -> int:
   p.add_argument("--result", required=True)
   p.add_argument("--kill_at", type=int, default=0)
   p.add_argument("--kill_sleep", type=float, default=3.0)
+  p.add_argument("--kill_in_compile", type=float, default=0.0,
+                 help="SIGTERM this many seconds after the train step's compile starts")
   p.add_argument("--steps", type=int, default=0)
   p.add_argument("--eval_every", type=int, default=0)
   p.add_argument("--checkpoint_every", type=int, default=0)
@@ -61,11 +64,31 @@ def main() -> int:
   def hook(step):
     print(f"[host {args.process_id}] after step {step}", flush=True)
     if step == args.kill_at:
-      os.kill(os.getpid(), signal.SIGTERM)
+      sigterm()
       time.sleep(args.kill_sleep)
 
+  killed_at = []
+
+  def sigterm():
+    killed_at.append(time.time())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  if args.kill_in_compile:
+    import threading
+    log = train._log
+
+    def log_and_arm(msg):
+      log(msg)
+      if msg.startswith("compiling the train step"):
+        print(f"[host {args.process_id}] SIGTERM in {args.kill_in_compile} s", flush=True)
+        threading.Timer(args.kill_in_compile, sigterm).start()
+    train._log = log_and_arm
+
+  t0 = time.time()
   result = train.train_and_evaluate(c, args.workdir, step_hook=hook)
   out = {"step": result["step"], "preempted": result["preempted"],
+         "seconds": time.time() - t0,
+         "after_sigterm_s": time.time() - killed_at[0] if killed_at else None,
          "evals": [{k: r.get(k) for k in ("step", "aps", "num_images")}
                    for r in result["evals"]]}
   with open(args.result, "w") as f:
@@ -73,6 +96,8 @@ def main() -> int:
   leaves = jax.tree.leaves(jax.device_get(result["state"].params))
   np.savez(args.result + ".npz", *[np.asarray(x) for x in leaves])
   print(f"[host {args.process_id}] done: {out}", flush=True)
+  from tinyfaces_jax import checkpointing
+  checkpointing.exit_if_work_abandoned()  # as main.py does
   return 0
 
 

@@ -1,14 +1,15 @@
 """Real multi-process runs: 2 processes x 4 CPU devices on 127.0.0.1 with gloo collectives,
 each `tests/multihost_worker.py` (or the real CLI) started as its own OS process.
 
-  python -m pytest -m multihost          (about 6 minutes on 2 cores)
+  python -m pytest -m multihost          (about 4 minutes on 2 cores)
 
 Covered: an uninterrupted 2-host run on a fresh shared data_dir (the embedded TFDS dataset is
 built once, by host 0, while host 1 waits); SIGTERM at different steps on the two hosts (both
 save the same agreed step and exit 0; the resumed run's parameters equal the uninterrupted
-run's); SIGTERM during an evaluation (honoured between eval batches, the step saved); a
-workdir that is not shared (both hosts stop within 30 s naming it, through
-`python -m tinyfaces_jax.main --coordinator_address ...`).
+run's); SIGTERM during an evaluation (honoured between eval batches, the step saved);
+SIGTERM during the train step's compile (abandoned, both exit 0 within a second); a workdir
+that is not shared and a config that differs (both hosts stop within seconds naming it,
+through `python -m tinyfaces_jax.main --coordinator_address ...`).
 Every process has a hard timeout (faulthandler in the worker dumps its stacks; the test kills
 what is left and shows its output), so a hang fails in minutes, never blocks CI.
 """
@@ -153,6 +154,23 @@ def test_sigterm_during_evaluation_saves_and_stops(tmp, uninterrupted):
   assert [e["step"] for e in p0["evals"]] == [e["step"] for e in p1["evals"]] == [0]
 
 
+def test_sigterm_during_the_compile_stops_within_seconds(tmp, uninterrupted):
+  """SIGTERM on host 0 one second into the train step's compile (a fresh workdir, so a cold
+  compilation cache): both hosts abandon the compile, save nothing (there is no step yet)
+  and exit 0 within seconds instead of waiting for the compile."""
+  (p0, out0, _), (p1, out1, _) = workers(tmp, "compile_preempt", tmp / "tfds_fresh",
+                                         steps=6, kill_in_compile=(1.0, 0))
+  assert p0["preempted"] and p1["preempted"] and p0["step"] == p1["step"] == 0, out0[-3000:]
+  assert "SIGTERM during the compile" in out0   # host 0 logs for the run
+  assert all("leaving 1 abandoned call(s) behind" in o for o in (out0, out1))
+  assert "compiled in" not in out0 + out1
+  assert not (tmp / "compile_preempt" / "checkpoints").exists() or \
+      checkpoints(tmp, "compile_preempt") == []
+  print(f"SIGTERM 1 s into the compile: host 0 returned {p0['after_sigterm_s']:.1f} s after "
+        f"it (runs took {p0['seconds']:.0f} / {p1['seconds']:.0f} s)")
+  assert p0["after_sigterm_s"] < 10
+
+
 def test_workdir_not_shared_fails_fast_naming_it(tmp, uninterrupted):
   """Each host given its own workdir (what a local path on a pod gives): both processes of
   the real CLI stop within 30 s of start-up with a message saying the workdir is not shared."""
@@ -170,3 +188,17 @@ def test_workdir_not_shared_fails_fast_naming_it(tmp, uninterrupted):
             for _, text, _ in results]
   print("\n".join(starts))
   assert max(s for _, _, s in results) < 30 + 25, "slower than 30 s after start-up (~20 s)"
+
+
+def test_config_disagreement_fails_fast_naming_the_key(tmp, uninterrupted):
+  """One host given another num_steps (a stale launch script on one worker): both stop
+  before anything collective with the key and both values named."""
+  port = free_port()
+  cmds = [[sys.executable, "-m", "tinyfaces_jax.main", "--config=configs/test.py",
+           f"--config.data.data_dir={tmp / 'tfds_fresh'}", f"--workdir={tmp / 'disagree'}",
+           f"--config.train.num_steps={4 + i}", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2", f"--process_id={i}"] for i in range(2)]
+  for i, (rc, text, seconds) in enumerate(run_processes(cmds, timeout=120)):
+    print(f"host {i}: exit {rc} after {seconds:.0f} s")
+    assert rc != 0 and "train.num_steps = 4 (host 0), 5 (host 1)" in text, text[-4000:]
+    assert seconds < 55

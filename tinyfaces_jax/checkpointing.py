@@ -15,12 +15,16 @@ another topology changes.
     compiles, where no step follows soon);
   * on one process: a Python SIGTERM handler sets a flag that both read.
 `Preemption.run(fn)` runs a long blocking call (a compile, an eval batch) in a worker thread
-and gives up on it when a notice arrives, so SIGTERM is honoured within about a second.
+and gives up on it when a notice arrives, so SIGTERM is honoured within about a second. A
+process that gave up on such a call ends with `exit_if_work_abandoned()` (the CLI does): the
+interpreter cannot exit normally while a thread is inside XLA.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -30,6 +34,29 @@ import orbax.checkpoint as ocp
 
 from tinyfaces_jax import hosts, paths
 from tinyfaces_jax.train_state import TrainState
+
+
+_ABANDONED: list[threading.Thread] = []  # worker threads a notice made us leave running
+
+
+def exit_if_work_abandoned(code: int = 0) -> None:
+  """Ends the process now if a preemption left a compile or an eval batch running in a
+  worker thread (`Preemption.run`); a no-op otherwise.
+
+  A normal interpreter exit with a thread inside XLA aborts (SIGABRT, "FATAL: exception not
+  rethrown"), so: flush the output, shut the distributed runtime down (its shutdown barrier,
+  which every host reaches at exit anyway) and `os._exit(code)`. Call it last, after the
+  checkpoints are written and closed.
+  """
+  if not any(t.is_alive() for t in _ABANDONED):
+    return
+  print(f"leaving {sum(t.is_alive() for t in _ABANDONED)} abandoned call(s) behind; exiting",
+        flush=True)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if hosts.is_distributed():
+    jax.distributed.shutdown()
+  os._exit(code)
 
 
 def make_manager(directory, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -154,6 +181,7 @@ class Preemption:
     while thread.is_alive():
       thread.join(self.poll_s)
       if thread.is_alive() and self.notice():
+        _ABANDONED.append(thread)
         return False, None
     if "error" in box:
       raise box["error"]

@@ -83,14 +83,19 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   given = (coordinator_address, num_processes, process_id)
   if not auto and all(v is None for v in given):
     return False
-  if not auto and None in given:
-    missing = [n for n, v in zip(("--coordinator_address", "--num_processes", "--process_id"),
-                                 given) if v is None]
-    raise ValueError(f"multi-process start-up needs {', '.join(missing)} too (or the "
-                     "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables), "
-                     "or --multihost on a cluster JAX detects (Cloud TPU VM, SLURM, Open MPI)")
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if not auto and None in given:
+    try:  # a cluster JAX detects fills in what is missing
+      jax.distributed.initialize(*given)
+    except ValueError:
+      missing = [n for n, v in zip(("--coordinator_address", "--num_processes",
+                                    "--process_id"), given) if v is None]
+      raise ValueError(
+          f"multi-process start-up needs {', '.join(missing)} too (or the "
+          "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables), or "
+          "--multihost on a cluster JAX detects (Cloud TPU VM, SLURM, Open MPI)") from None
+    return True
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except ValueError as e:  # auto-detection found nothing

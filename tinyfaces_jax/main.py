@@ -65,12 +65,14 @@ def main(argv):
             + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()) + ")",
             flush=True)
     return
+  from tinyfaces_jax import checkpointing
   if _MODE.value == "eval":
     train.evaluate_only(_CONFIG.value, _WORKDIR.value)
-    return
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if jax.process_index() == 0:
-    print(train.main_summary(result), flush=True)
+  else:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+      print(train.main_summary(result), flush=True)
+  checkpointing.exit_if_work_abandoned()  # after a preemption that left a compile running
 
 
 if __name__ == "__main__":
