@@ -193,7 +193,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_p
     time.sleep(0.2)
   proc.kill()
   proc.wait()
-  manager = checkpointing.make_manager(str(tmp_path))
+  manager = checkpointing.make_manager(str(tmp_path / "checkpoints"))
   steps = manager.all_steps()
   manager.close()
   assert 2 in steps
