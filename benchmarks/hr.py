@@ -52,11 +52,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import results_file  # noqa: E402
-from tinyfaces_jax import detectors, hr_detector, inference, optim  # noqa: E402
+from tinyfaces_jax import detectors, inference, optim  # noqa: E402
+from tinyfaces_jax.detectors import hr as hr_detector  # noqa: E402
 from tinyfaces_jax import sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
 from tinyfaces_jax.detection import templates as templates_lib  # noqa: E402
-from tinyfaces_jax.models.hr import TINY_RGB_MEAN, output_size  # noqa: E402
+from tinyfaces_jax.detectors.hr.model import TINY_RGB_MEAN, output_size  # noqa: E402
 
 TEMPLATES = ROOT.parent / "shared" / "data" / "tinyfaces" / "RefBox_N25_scaled.mat"
 OPTIM = optim.OptimConfig(learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,

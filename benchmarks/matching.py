@@ -5,7 +5,8 @@
 For B images at 640x640 with S3FD anchors (A = 34,125) and M ground-truth slots per image
 (every slot a real face, sizes log-uniform 4..400 px: the crowded worst case), times
   * jax:   jit(vmap(match_s3fd) + batched_hard_negative_mask) on [B, M] padded ground truth,
-  * numpy: benchmarks/numpy_peer.py, a Python loop over images with vectorised numpy inside,
+  * numpy: tests/reference/matching_peer.py, a Python loop over images with vectorised numpy
+    inside,
 checks that both give identical labels / matches / kept negatives, and prints the median
 times, the ratio numpy / jax and the peak memory of each (XLA's compiled temp buffers;
 tracemalloc peak for numpy). Runs on whatever jax backend is default (CPU here).
@@ -23,13 +24,12 @@ import tracemalloc
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import numpy_peer  # noqa: E402
+from tests.reference import matching_peer  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import matching, sampling  # noqa: E402
 
@@ -79,7 +79,7 @@ def run(batch, slots, repeats, seed=0):
 
   tracemalloc.start()
   t_np, out_np = time_it(
-      lambda: numpy_peer.match_and_mine_batch(anchors, list(gt), losses), max(1, repeats // 2))
+      lambda: matching_peer.match_and_mine_batch(anchors, list(gt), losses), max(1, repeats // 2))
   _, np_peak = tracemalloc.get_traced_memory()
   tracemalloc.stop()
 

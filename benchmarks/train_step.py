@@ -56,7 +56,7 @@ import results_file  # noqa: E402
 from tinyfaces_jax import detectors, losses, optim, sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, matching, sampling  # noqa: E402
-from tinyfaces_jax.models.retinaface import MEAN_BGR, PRESETS  # noqa: E402
+from tinyfaces_jax.detectors.retinaface.model import MEAN_BGR, PRESETS  # noqa: E402
 
 CONFIGS = {"mnet": ("mnet025", 640), "r50": ("resnet50", 840)}
 OPTIM = optim.OptimConfig(learning_rate=1e-3, momentum=0.9, weight_decay=5e-4)

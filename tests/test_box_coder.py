@@ -5,29 +5,8 @@ import jax
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.reference import retinaface as rf_ref
 from tinyfaces_jax.detection import anchors, box_coder
-
-
-def np_retinaface_decode(loc, priors, var):
-  """Pytorch_Retinaface utils/box_utils.py decode, on (cx, cy, w, h) priors."""
-  boxes = np.concatenate([priors[:, :2] + loc[:, :2] * var[0] * priors[:, 2:],
-                          priors[:, 2:] * np.exp(loc[:, 2:] * var[1])], 1)
-  boxes[:, :2] -= boxes[:, 2:] / 2
-  boxes[:, 2:] += boxes[:, :2]
-  return boxes
-
-
-def np_retinaface_encode(matched, priors, var):
-  """Pytorch_Retinaface encode: matched xyxy vs (cx, cy, w, h) priors."""
-  g_cxcy = (matched[:, :2] + matched[:, 2:]) / 2 - priors[:, :2]
-  g_cxcy /= var[0] * priors[:, 2:]
-  g_wh = np.log((matched[:, 2:] - matched[:, :2]) / priors[:, 2:]) / var[1]
-  return np.concatenate([g_cxcy, g_wh], 1)
-
-
-def np_decode_landm(pre, priors, var):
-  return np.concatenate([priors[:, :2] + pre[:, 2 * k:2 * k + 2] * var[0] * priors[:, 2:]
-                         for k in range(5)], 1)
 
 
 def to_cxcywh(a):
@@ -43,10 +22,10 @@ def test_decode_matches_reference_outputs(shared_dir, flavour):
   loc, landm = ref["t1_loc"][0], ref["t1_landms"][0]
   boxes = np.asarray(jax.jit(box_coder.decode_boxes)(loc, an))
   scale = np.array([w, h, w, h])
-  np.testing.assert_allclose(boxes, np_retinaface_decode(loc, ref["t1_priors"], (0.1, 0.2))
+  np.testing.assert_allclose(boxes, rf_ref.decode(loc, ref["t1_priors"], (0.1, 0.2))
                              * scale, atol=2e-3)
   pts = np.asarray(box_coder.decode_landmarks(landm, an))
-  np.testing.assert_allclose(pts, np_decode_landm(landm, ref["t1_priors"], (0.1, 0.2))
+  np.testing.assert_allclose(pts, rf_ref.decode_landm(landm, ref["t1_priors"], (0.1, 0.2))
                              * np.tile([w, h], 5), atol=2e-3)
   # The reference's top detection (row 0 of dets_all) is the best-scoring anchor decoded.
   best = int(np.argmax(ref["t1_conf"][0, :, 1]))
@@ -60,7 +39,7 @@ def test_encode_matches_numpy_and_roundtrips():
   gt = an + rng.uniform(-4, 4, an.shape).astype(np.float32)
   gt[:, 2:] = np.maximum(gt[:, 2:], gt[:, :2] + 1)
   enc = np.asarray(box_coder.encode_boxes(gt, an))
-  np.testing.assert_allclose(enc, np_retinaface_encode(gt, to_cxcywh(an), (0.1, 0.2)),
+  np.testing.assert_allclose(enc, rf_ref.encode(gt, to_cxcywh(an), (0.1, 0.2)),
                              rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(np.asarray(box_coder.decode_boxes(enc, an)), gt, atol=1e-3)
   for off in (0.0, 1.0):

@@ -7,22 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tests.reference import nms as nms_ref
 from tinyfaces_jax.detection import box_ops
-
-
-def np_iou_loop(a, b, off=0.0):
-  """IoU as py_cpu_nms / the WIDER tool state it, one pair at a time."""
-  out = np.zeros((len(a), len(b)))
-  for i, p in enumerate(a):
-    for j, q in enumerate(b):
-      iw = min(p[2], q[2]) - max(p[0], q[0]) + off
-      ih = min(p[3], q[3]) - max(p[1], q[1]) + off
-      inter = max(iw, 0.0) * max(ih, 0.0)
-      ap = max(p[2] - p[0] + off, 0) * max(p[3] - p[1] + off, 0)
-      aq = max(q[2] - q[0] + off, 0) * max(q[3] - q[1] + off, 0)
-      union = ap + aq - inter
-      out[i, j] = inter / union if union > 0 else 0.0
-  return out
 
 
 def random_boxes(rng, n, scale=100.0, degenerate_frac=0.0):
@@ -39,7 +25,7 @@ def test_pairwise_iou_matches_loop(off):
   a = random_boxes(rng, 37, degenerate_frac=0.1)
   b = random_boxes(rng, 23, degenerate_frac=0.2)
   got = np.asarray(jax.jit(lambda x, y: box_ops.pairwise_iou(x, y, pixel_offset=off))(a, b))
-  np.testing.assert_allclose(got, np_iou_loop(a, b, off), atol=1e-6)
+  np.testing.assert_allclose(got, nms_ref.pairwise_iou_loop(a, b, off), atol=1e-6)
 
 
 def test_pairwise_iou_mask_and_batch():
@@ -49,7 +35,7 @@ def test_pairwise_iou_mask_and_batch():
   mask = np.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0]], bool)
   got = np.asarray(box_ops.pairwise_iou(jnp.broadcast_to(a, (2, 10, 4)), b, mask))
   for k in range(2):
-    ref = np_iou_loop(a, b[k])
+    ref = nms_ref.pairwise_iou_loop(a, b[k])
     ref[:, ~mask[k]] = -1.0
     np.testing.assert_allclose(got[k], ref, atol=1e-6)
 
@@ -70,9 +56,9 @@ def test_identical_and_disjoint_and_degenerate():
 def test_iou_property_matches_loop_and_is_bounded(a, b):
   got = np.asarray(box_ops.pairwise_iou(a, b))
   assert np.all((got >= 0) & (got <= 1 + 1e-6))
-  np.testing.assert_allclose(got, np_iou_loop(a, b), atol=1e-5)
+  np.testing.assert_allclose(got, nms_ref.pairwise_iou_loop(a, b), atol=1e-5)
   np.testing.assert_allclose(np.asarray(box_ops.elementwise_iou(a[:4], b)),
-                             np.diag(np_iou_loop(a[:4], b)), atol=1e-5)
+                             np.diag(nms_ref.pairwise_iou_loop(a[:4], b)), atol=1e-5)
 
 
 def test_conversions_roundtrip():

@@ -17,7 +17,8 @@ from PIL import Image
 
 import url_fs
 from configs import retinaface_mnet025, test as test_config
-from tinyfaces_jax import checkpointing, detect, detectors, sharding, train
+from tinyfaces_jax import checkpointing, detect, sharding, train
+from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.detection import box_ops
 from url_fs import ram_dir  # noqa: F401  (fixture)
 
@@ -34,10 +35,10 @@ def config(resize="none"):
 _LOADED = {}
 
 
-def _load_once(spec, weights, mesh, _load=detect.load_variables):
+def _load_once(spec, weights, _load=detect.load_variables):
   """`detect.load_variables`, once per weights file in this module (the slow part of a run)."""
   if weights not in _LOADED:
-    _LOADED[weights] = _load(spec, weights, mesh)
+    _LOADED[weights] = _load(spec, weights)
   return _LOADED[weights]
 
 
@@ -101,7 +102,9 @@ def test_unreadable_image_is_named_and_skipped(detections):
 
 
 def test_weights_from_a_training_workdir(tmp_path):
-  """A workdir (or its checkpoints/<step>) loads the checkpointed variables."""
+  """A workdir (or its checkpoints/<step>) loads the checkpointed model variables without an
+  optimizer; the workdir's config.json is the config detect uses when none is given; a
+  checkpoint of another model is a one-line error naming the detector the run trained."""
   c = test_config.get_config()
   spec = train.RunSpec.from_config(c)
   mesh = sharding.make_mesh(jax.devices()[:1])
@@ -112,13 +115,24 @@ def test_weights_from_a_training_workdir(tmp_path):
   checkpointing.save(manager, state, force=True)
   manager.wait_until_finished()
   manager.close()
+  (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=1))
   for weights in (tmp_path, tmp_path / "checkpoints" / "7"):
-    variables, what = detect.load_variables(spec, str(weights), mesh)
+    variables, what = detect.load_variables(spec, str(weights))
     assert "step 7" in what
     for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(state.params)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    saved = detect.saved_config(str(weights))
+    assert saved.detector == "retinaface" and saved.model.preset == c.model.preset
+    assert train.RunSpec.from_config(saved).detector.name == "retinaface"
+  assert detect.saved_config(str(tmp_path / "checkpoints" / "7" / "state")) is None
   with pytest.raises(FileNotFoundError, match="checkpoints/9: no such file or folder"):
-    detect.load_variables(spec, str(tmp_path / "checkpoints" / "9"), mesh)
+    detect.load_variables(spec, str(tmp_path / "checkpoints" / "9"))
+  other = test_config.get_config()
+  other.model.preset = "resnet50"
+  with pytest.raises(ValueError, match=r"does not fit the configured model .*configured "
+                                       r"detector 'retinaface'; the run trained detector "
+                                       r"'retinaface' \(its config.json: omit --config"):
+    detect.load_variables(train.RunSpec.from_config(other), str(tmp_path))
 
 
 def test_url_images_and_output_dir(shared_dir, ram_dir, monkeypatch):
@@ -140,9 +154,9 @@ def test_url_images_and_output_dir(shared_dir, ram_dir, monkeypatch):
   spec = train.RunSpec.from_config(config())
   shapes = jax.eval_shape(spec.detector.init_variables)
   remote = url_fs.copy_tree(weights, ram_dir / "w" / weights.name)
-  loaded, what = detectors.load_initial_weights(spec.detector, shapes, checkpoint=str(remote))
+  loaded, what = detector_base.load_initial_weights(spec.detector, shapes, checkpoint=str(remote))
   assert what == f"whole model from {remote}"
-  local = _load_once(spec, str(weights), None)[0]["params"]
+  local = _load_once(spec, str(weights))[0]["params"]
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded["params"]),
                                                    jax.tree.leaves(local)))
   assert url_fs.local_entries(".") == []

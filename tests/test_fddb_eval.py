@@ -4,19 +4,19 @@ The official tool (`evaluation/` C++ of Jain & Learned-Miller) is re-implemented
 it is checked against
   - the real folds in ../shared/data/fddb (10 folds, 2845 images, 5171 faces),
   - the official tool's DiscROC.txt / ContROC.txt for the MTCNN detections shipped with them,
-  - independent plain-loop references: pixel masks painted pixel by pixel, brute-force
-    one-to-one matching, and a literal port of `Results::merge`,
+  - independent plain-loop references (tests/reference/fddb.py): pixel masks painted pixel by
+    pixel, brute-force one-to-one matching, and a literal port of `Results::merge`,
   - malformed files (errors must name file and line).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 
+from tests.reference import fddb as fddb_ref
 from tinyfaces_jax.evaluation import fddb
 from tinyfaces_jax.evaluation.fddb_io import FddbFormatError
 
@@ -149,34 +149,6 @@ def _paint(rows, h, w):
   return m
 
 
-def _ref_rect_mask(left, top, width, height, h, w):
-  """The tool's filled cvRectangle, by a pixel loop: corners rounded, both ends inclusive."""
-  xa, xb = sorted((round(left), round(left + width)))
-  ya, yb = sorted((round(top), round(top + height)))
-  m = np.zeros((h, w), bool)
-  for y in range(h):
-    for x in range(w):
-      m[y, x] = xa <= x <= xb and ya <= y <= yb
-  return m
-
-
-def _ellipse_radius(ra, rb, theta, cx, cy, h, w):
-  """Normalised radius of every pixel centre for the tool's ellipse geometry (int half axes,
-  rounded centre, angle rounded to degrees, rotation of +angle in image coordinates)."""
-  a, b = int(ra), int(rb)
-  ang = math.radians(round(math.degrees(theta)))
-  ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-  dx, dy = xs - round(cx), ys - round(cy)
-  u = dx * math.cos(ang) + dy * math.sin(ang)
-  v = -dx * math.sin(ang) + dy * math.cos(ang)
-  return np.sqrt((u / a) ** 2 + (v / b) ** 2), min(a, b)
-
-
-def _ref_iou(m1, m2):
-  union = (m1 | m2).sum()
-  return (m1 & m2).sum() / union if union else 0.0
-
-
 ELLIPSES = [
   (30.4, 20.2, 0.3, 40.6, 35.2), (25.0, 14.9, -1.2, 30.0, 50.0), (12.7, 9.1, 1.5708, 20.0, 20.0),
   (40.0, 40.0, 0.0, 5.0, 60.0), (7.9, 4.2, 0.8, 60.3, 10.7), (50.0, 30.0, -0.05, 70.0, 45.0),
@@ -196,7 +168,7 @@ def test_ellipse_geometry_vs_analytic(ell):
   shift = (30, 30)  # keep the whole ellipse on the canvas
   e = (ell[0], ell[1], ell[2], ell[3] + shift[0], ell[4] + shift[1])
   ours = _paint(fddb.ellipse_rows(*e), h, w)
-  rad, r_min = _ellipse_radius(*e, h, w)
+  rad, r_min = fddb_ref.ellipse_radius(*e, h, w)
   band = 1.6 / r_min
   assert ours[rad < 1 - band].all()
   assert not ours[rad > 1 + band].any()
@@ -224,11 +196,11 @@ def test_overlap_matrix_vs_pixel_masks(size):
   h, w = size if size is not None else (200, 200)
   for i, e in enumerate(annots):
     ma = _paint(fddb.ellipse_rows(*e), h, w)
-    rad, _ = _ellipse_radius(*e, h, w)
+    rad, _ = fddb_ref.ellipse_radius(*e, h, w)
     for j, r in enumerate(dets):
-      md = _ref_rect_mask(*r[:4], h, w)
-      assert ov[i, j] == pytest.approx(_ref_iou(ma, md), abs=1e-12)
-      assert abs(ov[i, j] - _ref_iou(rad <= 1, md)) <= 0.06
+      md = fddb_ref.rect_mask(*r[:4], h, w)
+      assert ov[i, j] == pytest.approx(fddb_ref.mask_iou(ma, md), abs=1e-12)
+      assert abs(ov[i, j] - fddb_ref.mask_iou(rad <= 1, md)) <= 0.06
 
 
 def test_overlap_rect_vs_rect_and_ellipse_dets():
@@ -242,81 +214,14 @@ def test_overlap_rect_vs_rect_and_ellipse_dets():
   assert fddb.overlap_matrix(np.zeros((0, 5)), r1).shape == (0, 1)
 
 
-def _brute_match(s):
-  """Max total overlap over all one-to-one partial matchings (tiny matrices only)."""
-  na, nd = s.shape
-  best = 0.0
-  for k in range(min(na, nd) + 1):
-    for rows in itertools.combinations(range(na), k):
-      for cols in itertools.permutations(range(nd), k):
-        best = max(best, sum(s[r, c] for r, c in zip(rows, cols)))
-  return best
-
-
 def test_matching_vs_brute_force():
   rng = np.random.default_rng(0)
   for trial in range(60):
     na, nd = rng.integers(0, 5), rng.integers(0, 5)
     s = rng.uniform(0, 1, (na, nd)) * (rng.uniform(0, 1, (na, nd)) < 0.6)
     m = fddb.match_image(s)
-    assert m.sum() == pytest.approx(_brute_match(s), abs=1e-12)
+    assert m.sum() == pytest.approx(fddb_ref.brute_force_match(s), abs=1e-12)
     assert len(m) <= min(na, nd) and np.all(m > 0)
-
-
-def _ref_image_results(s, scores):
-  """Loop reference of the tool's per-image results at each distinct score (ascending)."""
-  if len(scores) == 0:
-    return [(fddb.DBL_MAX, (0.0, 0.0, 0.0))]
-  out = []
-  for t in sorted(set(scores)):
-    valid = [j for j in range(len(scores)) if scores[j] >= t]
-    sub = s[:, valid]
-    best, best_pairs = -1.0, None
-    na, nd = sub.shape
-    for k in range(min(na, nd) + 1):
-      for rows in itertools.combinations(range(na), k):
-        for cols in itertools.permutations(range(nd), k):
-          tot = sum(sub[r, c] for r, c in zip(rows, cols))
-          if tot > best + 1e-12:
-            best, best_pairs = tot, [sub[r, c] for r, c in zip(rows, cols)]
-    pairs = [p for p in best_pairs if p > 0]
-    tp_d = sum(1 for p in pairs if p > 0.5)
-    out.append((t, (float(tp_d), float(sum(pairs)), float(len(valid) - tp_d))))
-  return out
-
-
-def _ref_merge(rv1, rv2):
-  """A literal port of `Results::merge` on lists of (threshold, N, TPDisc, TPCont, FP)."""
-  merged = []
-  n1, n2 = len(rv1), len(rv2)
-  if n1:
-    nann1 = rv1[0][1]
-    nann2 = rv2[0][1] if n2 else 0
-    i1 = i2 = 0
-    while i1 < n1:
-      r1 = rv1[i1]
-      if i2 < n2:
-        r2 = rv2[i2]
-        merged.append((min(r1[0], r2[0]), r1[1] + r2[1], r1[2] + r2[2], r1[3] + r2[3],
-                       r1[4] + r2[4]))
-        if r1[0] < r2[0]:
-          i1 += 1
-        elif r1[0] == r2[0]:
-          i1, i2 = i1 + 1, i2 + 1
-        else:
-          i2 += 1
-      else:
-        while i1 < n1:
-          r1 = rv1[i1]
-          merged.append((r1[0], r1[1] + nann2, r1[2], r1[3], r1[4]))
-          i1 += 1
-    while i2 < n2:
-      r2 = rv2[i2]
-      merged.append((r2[0], r2[1] + nann1, r2[2], r2[3], r2[4]))
-      i2 += 1
-  else:
-    merged = list(rv2)
-  return merged
 
 
 def test_image_results_and_accumulate_vs_tool_merge():
@@ -327,12 +232,12 @@ def test_image_results_and_accumulate_vs_tool_merge():
     s = rng.uniform(0, 1, (na, nd)) * (rng.uniform(0, 1, (na, nd)) < 0.7)
     scores = np.round(rng.uniform(0, 1, nd), 1)  # ties within and across images
     thr, st = fddb.image_results(s, scores)
-    ref = _ref_image_results(s, list(scores))
+    ref = fddb_ref.image_results(s, list(scores))
     np.testing.assert_array_equal(thr, [t for t, _ in ref])
     np.testing.assert_allclose(st, [r for _, r in ref], atol=1e-12)
     per_image.append((thr, st))
     n_faces += na
-    cum = _ref_merge(cum, [(t, na, *r) for t, r in ref])
+    cum = fddb_ref.merge(cum, [(t, na, *r) for t, r in ref])
   disc, cont = fddb.accumulate(per_image, n_faces)
   ref = np.array(cum)
   np.testing.assert_array_equal(disc[:, 2], ref[:, 0])

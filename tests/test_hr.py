@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import scipy.io
 
-import numpy_matching_ref as ref
-from tinyfaces_jax import detectors, hr_detector, losses
-from tinyfaces_jax.models import backbones, hr
+from tests.reference import tiny_faces as tiny_faces_ref
+from tinyfaces_jax import detectors, losses
+from tinyfaces_jax.detectors import hr as hr_detector
+from tinyfaces_jax.detectors.hr import model as hr
+from tinyfaces_jax.models import backbones
 
 
 def matconvnet_conv_transpose(x, filt, upsample, crop):
@@ -124,30 +126,6 @@ def test_templates_equal_the_mat_file(shared_dir):
     assert tuple(on) == tuple(range(5, 13)) + extra
 
 
-def _numpy_loss(cls, reg, tpl, gt, mask, region, offset):
-  """numpy statement of the release loss without random draws (all hard samples kept)."""
-  b, h, w, t = cls.shape
-  total_cls = total_reg = 0.0
-  for i in range(b):
-    incl = gt[i] - [0, 0, 1, 1]
-    labels, best, _ = ref.label_templates(tpl, incl, mask[i], np.asarray(region[i]) -
-                                          [0, 0, 1, 1], h, w, 8.0, offset)
-    y = np.where(labels == 1, 1.0, -1.0)
-    lmap = np.log1p(np.exp(-y * cls[i]))
-    keep = labels >= 0
-    total_cls += lmap[keep].sum()
-    for yy, xx, k in zip(*np.nonzero(labels == 1)):
-      g = incl[best[yy, xx, k]]
-      cx, cy = offset + 8 * xx, offset + 8 * yy
-      tw, th = tpl[k, 2] - tpl[k, 0] + 1, tpl[k, 3] - tpl[k, 1] + 1
-      target = [((g[0] + g[2]) / 2 - cx) / tw, ((g[1] + g[3]) / 2 - cy) / th,
-                np.log((g[2] - g[0] + 1) / tw), np.log((g[3] - g[1] + 1) / th)]
-      pred = reg[i, yy, xx, [k, t + k, 2 * t + k, 3 * t + k]]
-      d = np.abs(pred - target)
-      total_reg += np.where(d < 1, 0.5 * d * d, d - 0.5).sum()
-  return total_cls / b, total_reg / b
-
-
 def test_loss_is_the_release_loss():
   rng = np.random.default_rng(3)
   tpl = np.array([[-7.5, -9.5, 7.5, 9.5], [-3.5, -4.5, 3.5, 4.5], [-12, -15, 12, 15]],
@@ -163,7 +141,7 @@ def test_loss_is_the_release_loss():
   batch = {"boxes": gt, "box_mask": mask, "valid_region": region}
   loss, m = losses.tiny_faces_loss({"cls": jnp.asarray(cls), "reg": jnp.asarray(reg)}, batch,
                                    jnp.asarray(tpl), jax.random.key(0), cfg)
-  want_cls, want_reg = _numpy_loss(cls, reg, tpl, gt, mask, region, 0.0)
+  want_cls, want_reg = tiny_faces_ref.release_loss(cls, reg, tpl, gt, mask, region, 0.0)
   assert float(m["num_pos"]) > 0
   np.testing.assert_allclose(float(m["loss_cls"]), want_cls, rtol=1e-5)
   np.testing.assert_allclose(float(m["loss_reg"]), want_reg, rtol=1e-5)
@@ -199,9 +177,8 @@ def test_trunk_importers_cover_torchvision_layouts():
   """torchvision resnet101 (layer4 and fc ignored: HR stops at res4) and vgg16 (classifier
   ignored) state dicts fill every variable of the truncated trunks."""
   from tinyfaces_jax.pretrained import backbones_pth as bp
-  from tinyfaces_jax.pretrained import retinaface_pth as rp
   for depth in ("resnet101",):
-    entries = rp.backbone_entries(depth, "", ())
+    entries = bp.backbone_entries(depth, "", ())
     model = backbones.ResNet(depth=depth)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     sd = _zeros_for(entries, shapes)

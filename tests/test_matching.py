@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import numpy_matching_ref as ref
+from tests.reference import matching as ref
 from tinyfaces_jax.detection import matching as mt
 from tinyfaces_jax.detection import template_matching as tm
 

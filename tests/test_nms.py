@@ -8,7 +8,8 @@ from hypothesis import given, settings, HealthCheck, strategies as st
 
 from tinyfaces_jax.detection.nms import (NMSResult, batched_nms, batched_select_top_k, nms,
                                          select_top_k)
-from numpy_nms_ref import nms_ref, py_cpu_nms
+from tests.reference import retinaface as rf_ref
+from tests.reference.nms import nms_ref, py_cpu_nms
 
 STATIC = ("iou_threshold", "max_output", "score_threshold", "pre_nms_top_k", "pixel_offset",
           "tile_size")
@@ -160,22 +161,15 @@ def test_select_top_k():
   assert kept(NMSResult(*(f[0] for f in res_b))) == [1, 3, 2]
 
 
-def _decode_retinaface(loc, priors, width, height):
-  v0, v1 = np.float32(0.1), np.float32(0.2)
-  cxcy = priors[:, :2] + loc[:, :2] * v0 * priors[:, 2:]
-  wh = priors[:, 2:] * np.exp(loc[:, 2:] * v1)
-  x1y1 = cxcy - wh / 2
-  return (np.concatenate([x1y1, x1y1 + wh], 1)
-          * np.array([width, height, width, height], np.float32)).astype(np.float32)
-
-
 @pytest.mark.parametrize("prefix,width,height", [("t1", 640, 480), ("multiface", 1200, 630)])
 def test_retinaface_reference_detections(shared_dir, prefix, width, height):
   path = shared_dir / "reference" / "retinaface_mnet025_m2man.npz"
   if not path.exists():
     pytest.skip(f"{path} not found")
   d = np.load(path, allow_pickle=False)
-  boxes = _decode_retinaface(d[f"{prefix}_loc"][0], d[f"{prefix}_priors"], width, height)
+  v = (np.float32(0.1), np.float32(0.2))
+  boxes = (rf_ref.decode(d[f"{prefix}_loc"][0], d[f"{prefix}_priors"], v)
+           * np.array([width, height, width, height], np.float32)).astype(np.float32)
   scores = d[f"{prefix}_conf"][0][:, 1]
   ref = d[f"{prefix}_dets_all"]
   res = jax.jit(lambda b, s: nms(b, s, iou_threshold=0.4, max_output=750,

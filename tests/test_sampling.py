@@ -12,8 +12,8 @@ from tinyfaces_jax.detection.sampling import (
     batched_hard_negative_mask, batched_tiny_faces_sample_mask, batched_top_fraction_mask,
     descending_rank, hard_negative_mask, num_hard_negatives, tiny_faces_sample_mask,
     top_fraction_count, top_fraction_mask, top_fraction_mean)
-from numpy_sampling_ref import (hard_negative_mask_ref, tiny_faces_candidates_ref,
-                                top_fraction_mask_ref, top_fraction_mean_ref)
+from tests.reference.sampling import (hard_negative_mask_ref, tiny_faces_candidates_ref,
+                                      top_fraction_mask_ref, top_fraction_mean_ref)
 
 PROP = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 hnm_jit = jax.jit(hard_negative_mask, static_argnames=("min_negatives",))

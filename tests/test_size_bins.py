@@ -2,7 +2,7 @@
 
 Independent statements: numpy counts of the synthetic faces per bin, a ground truth built by
 hand for one bin (keep masks written out literally) evaluated by `wider.evaluate` and by the
-plain-loop MATLAB reading of tests/numpy_wider_ref.py.
+plain-loop MATLAB reading of tests/reference/wider.py.
 """
 
 import json
@@ -13,7 +13,7 @@ import pytest
 
 from tinyfaces_jax.evaluation import size_bins, wider, wider_io
 from tinyfaces_jax.evaluation.wider_io import WiderGroundTruth
-from numpy_wider_ref import evaluate_reference
+from tests.reference.wider import evaluate_reference
 
 # Per image: faces (x, y, w, h) laid out left to right with gaps, and whether each is in the
 # hard / easy settings. Heights cover every default bin; "ig" faces are official ignore faces.

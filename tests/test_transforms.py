@@ -6,6 +6,7 @@ import scipy.io
 import scipy.ndimage
 import tensorflow as tf
 
+from tests.reference import transforms as transforms_ref
 from tinyfaces_jax.data import recipes as R
 from tinyfaces_jax.data import transforms as T
 
@@ -186,28 +187,6 @@ def test_tiny_scale_distribution():
   assert sum(counts) == 300 and min(counts) > 70, counts
 
 
-def retina_reference(boxes, rois, img_dim, min_face_px=0.0):
-  """Numpy statement of Pytorch_Retinaface `_crop` over given candidate rois."""
-  for roi in rois:
-    lt, rb = roi[:2], roi[2:]
-    ilt, irb = np.maximum(boxes[:, :2], lt), np.minimum(boxes[:, 2:], rb)
-    inter = np.prod(irb - ilt, 1) * np.all(ilt < irb, 1)
-    iof = inter / np.maximum(np.prod(boxes[:, 2:] - boxes[:, :2], 1), 1)
-    if not (iof >= 1).any():
-      continue
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    mask_a = np.all((lt < c) & (c < rb), 1)
-    bt = np.concatenate([np.maximum(boxes[:, :2], lt), np.minimum(boxes[:, 2:], rb)], 1) - \
-        np.tile(lt, 2)
-    side = rb[0] - lt[0]
-    mask_b = np.minimum(bt[:, 2] - bt[:, 0] + 1, bt[:, 3] - bt[:, 1] + 1) / side * img_dim > \
-        min_face_px
-    keep = mask_a & mask_b
-    if keep.any():
-      return roi, keep, bt[keep]
-  return None, np.ones(len(boxes), bool), boxes
-
-
 @pytest.mark.parametrize("mode,min_px", [("pre_scales", 0.0), ("uniform", 16.0)])
 def test_retina_centre_rule_matches_numpy(mode, min_px):
   rng = np.random.default_rng(0)
@@ -226,7 +205,7 @@ def test_retina_centre_rule_matches_numpy(mode, min_px):
     side_frac = (rois[:, 2] - rois[:, 0]) / 480
     if mode == "pre_scales":
       assert np.all(np.min(np.abs(side_frac[:, None] - np.array(R.RETINA_PRE_SCALES)), 1) < 0.01)
-    roi, _, want = retina_reference(boxes.astype(np.float64), rois, 320, min_px)
+    roi, _, want = transforms_ref.retina_crop(boxes.astype(np.float64), rois, 320, min_px)
     side = (roi[2] - roi[0]) if roi is not None else 640
     np.testing.assert_allclose(out["boxes"].numpy(), want * 320 / side, atol=1e-3)
 

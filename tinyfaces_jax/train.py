@@ -39,6 +39,7 @@ import numpy as np
 from tinyfaces_jax import (checkpointing, detectors, eval_loop, hosts, inference, optim, paths,
                            settings, sharding, train_step)
 from tinyfaces_jax.data import sources
+from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.evaluation import size_bins
 
 SECTIONS = ("detector", "seed", "data", "model", "loss", "optim", "train", "eval", "init")
@@ -139,7 +140,7 @@ def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
         _log(f"WARNING: init.{k} {p} not found; training from random initialisation")
         files[k] = ""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, what = detectors.load_initial_weights(spec.detector, variables, **files)
+    variables, what = detector_base.load_initial_weights(spec.detector, variables, **files)
     variables = jax.device_put(variables, sharding.replicated(mesh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     _log(f"initial weights: {what}")

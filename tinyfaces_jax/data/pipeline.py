@@ -22,12 +22,9 @@ Example features are those of the TFDS builder in wider_face.py.
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 Transform = Callable[[dict, tf.Tensor], dict]
 AUTOTUNE = tf.data.AUTOTUNE

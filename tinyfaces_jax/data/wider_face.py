@@ -44,14 +44,12 @@ import os
 import zipfile
 from typing import Iterator, Optional, Union
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
 
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-from etils import epath  # noqa: E402
-
-from tinyfaces_jax import paths  # noqa: E402
-from tinyfaces_jax.data import wider_annotations as wa  # noqa: E402
+from tinyfaces_jax import paths
+from tinyfaces_jax.data import wider_annotations as wa
 
 PathLike = Union[str, os.PathLike]
 

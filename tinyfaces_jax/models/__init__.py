@@ -1,9 +1,3 @@
-"""Flax detector models: RetinaFace and its backbones / necks."""
-
-from tinyfaces_jax.models.backbones import MobileNetV1, ResNet, make_backbone
-from tinyfaces_jax.models.necks import FPN, SSH
-from tinyfaces_jax.models.retinaface import (PRESETS, RetinaFace, RetinaFaceConfig, decode,
-                                             detect, dets_array, init_variables)
-
-__all__ = ["FPN", "MobileNetV1", "PRESETS", "ResNet", "RetinaFace", "RetinaFaceConfig",
-           "SSH", "decode", "detect", "dets_array", "init_variables", "make_backbone"]
+"""Networks shared by several detector families: layers (Conv2D with CPU fast paths, ConvBN),
+backbones (MobileNetV1-0.25, ResNet-50/101/152, VGG16), necks (FPN, SSH context module). A
+family's own network is in detectors/<family>/model.py."""

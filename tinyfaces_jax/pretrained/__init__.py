@@ -1,9 +1,3 @@
-"""Importers of pretrained weights (PyTorch checkpoints read without torch)."""
-
-from tinyfaces_jax.pretrained.retinaface_pth import (convert_retinaface, load_backbone_pth,
-                                                     load_retinaface_pth)
-from tinyfaces_jax.pretrained.torch_pickle import (checkpoint_format, load_torch_checkpoint,
-                                                   state_dict_of)
-
-__all__ = ["checkpoint_format", "convert_retinaface", "load_backbone_pth",
-           "load_retinaface_pth", "load_torch_checkpoint", "state_dict_of"]
+"""Torch-free readers of PyTorch checkpoints (torch_pickle) and the shared name-map converter
+with the ImageNet trunk importers (backbones_pth); each family's whole-model importers are in
+detectors/<family>/weights.py."""

@@ -1,6 +1,7 @@
-"""The HR / Tiny Faces detector behind the Detector interface (detectors.py).
+"""HR / Finding Tiny Faces (Hu & Ramanan 2017) behind the Detector interface (detectors/base.py):
+model.py is the network (hybrid-resolution score maps on a ResNet / VGG16 / MobileNet trunk).
 
-Model section keys (configs/hr_res101.py): the `models.hr.HRConfig` fields (backbone,
+Model section keys (configs/hr_res101.py): the `model.HRConfig` fields (backbone,
 activation, conv_impl, dtype; num_templates comes from the file) plus
   templates          the template file (RefBox_N25_scaled.mat layout: [T, 4 or 5])
   allscale_templates 1-based ids used at every test scale (release: type A, 5-12)
@@ -27,8 +28,8 @@ import numpy as np
 
 from tinyfaces_jax import losses, settings
 from tinyfaces_jax.detection import box_coder, template_matching, templates as templates_lib
-from tinyfaces_jax.detectors import Detector
-from tinyfaces_jax.models import hr
+from tinyfaces_jax.detectors.base import Detector
+from tinyfaces_jax.detectors.hr import model as hr
 
 DEFAULT_ALLSCALE = tuple(range(5, 13))
 DEFAULT_ONESCALE = tuple(range(19, 26))

@@ -2,7 +2,9 @@
 
 Written like py_cpu_nms (RetinaFace `utils/nms/py_cpu_nms.py`), in float32 with the same
 arithmetic order, but with the documented tie rule (stable order: lower index first) and
-the score threshold / pre-top-k / max_output steps of RetinaFace `detect.py`.
+the score threshold / pre-top-k / max_output steps of RetinaFace `detect.py`; the published
+py_cpu_nms itself (and with stable ties, as benchmarks/retinaface_inference.py runs it); and the
+pairwise IoU, one pair at a time, as py_cpu_nms / the WIDER tool state it.
 """
 
 from __future__ import annotations
@@ -69,11 +71,29 @@ def nms_ref(boxes, scores, iou_threshold, max_output, score_threshold=None,
   return keep
 
 
-def py_cpu_nms(dets, thresh):
-  """RetinaFace's py_cpu_nms as published (float32 dets [N, 5], +1 areas), for comparison."""
+def pairwise_iou_loop(a, b, off=0.0):
+  """IoU as py_cpu_nms / the WIDER tool state it, one pair at a time -> [len(a), len(b)]."""
+  out = np.zeros((len(a), len(b)))
+  for i, p in enumerate(a):
+    for j, q in enumerate(b):
+      iw = min(p[2], q[2]) - max(p[0], q[0]) + off
+      ih = min(p[3], q[3]) - max(p[1], q[1]) + off
+      inter = max(iw, 0.0) * max(ih, 0.0)
+      ap = max(p[2] - p[0] + off, 0) * max(p[3] - p[1] + off, 0)
+      aq = max(q[2] - q[0] + off, 0) * max(q[3] - q[1] + off, 0)
+      union = ap + aq - inter
+      out[i, j] = inter / union if union > 0 else 0.0
+  return out
+
+
+def py_cpu_nms(dets, thresh, stable=False):
+  """RetinaFace's py_cpu_nms (float32 dets [N, 5] x1 y1 x2 y2 score, +1 areas, keeps IoU <=
+  thresh) -> kept row indices. stable=False: as published (`scores.argsort()[::-1]`, equal
+  scores in whatever order that gives); stable=True: a stable descending sort (ties: lower
+  index first, as the library)."""
   x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
   areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-  order = scores.argsort()[::-1]
+  order = np.argsort(-scores, kind="stable") if stable else scores.argsort()[::-1]
   keep = []
   while order.size > 0:
     i = order[0]

@@ -4,7 +4,8 @@ The same semantics as `tinyfaces_jax.detection.matching.match_s3fd` followed by
 `sampling.hard_negative_mask`, written the way ssd.pytorch / S3FD.pytorch do it: a Python loop
 over the images of the batch, vectorised numpy inside each image (one [M, A] IoU matrix of the
 image's real faces, no padding). Used by `benchmarks/matching.py` as the speed peer and as a
-cross-check of the jitted path.
+cross-check of the jitted path (tests/reference/matching.py is the loop statement of the same
+matching, tests/reference/sampling.py of the mining).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Detector families behind one interface: what training, evaluation and `detect` need.
+"""The Detector interface every family implements, and weight loading with tree checks.
 
 A `Detector` bundles a flax model with its input preprocessing, its loss (matching and OHEM
 inside, XLA, static shapes), its decoding to boxes in input pixels and its weight importers.
 The training loop (train.py), the inference core (inference.py) and the CLIs only talk to this
-interface; each family registers a builder in `BUILDERS` (RetinaFace here; HR, S3FD, SSH and
-MTCNN add theirs).
+interface; a family is the package `detectors/<name>/` whose `build(model, loss)` returns one
+(`detectors.build_detector` looks it up by module name).
 
 Images reach `preprocess` as float32 RGB 0..255 [B, H, W, 3] (what the tf.data pipelines and
 the image loaders produce); `decode` returns, in the pixels of the model input [H, W]:
@@ -20,15 +20,14 @@ evaluates with the float32 one on the same parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import losses, paths, settings
-from tinyfaces_jax.detection import anchors as anchors_lib
+from tinyfaces_jax import paths
 
 Array = jnp.ndarray
 
@@ -90,71 +89,6 @@ class Detector:
       raise ValueError(f"{self.name}: compute dtype must be float32 or bfloat16, got {name}")
     return dataclasses.replace(self, model=self.model.clone(
         config=dataclasses.replace(cfg, dtype=name)))
-
-
-def _retinaface(model: dict, loss: dict) -> Detector:
-  from tinyfaces_jax.models import retinaface
-  from tinyfaces_jax.pretrained import retinaface_onnx, retinaface_pth
-
-  model = dict(model)
-  preset = model.pop("preset", "mnet025")
-  if preset not in retinaface.PRESETS:
-    raise settings.ConfigError(f"config.model.preset: unknown RetinaFace preset {preset!r}; "
-                               f"known: {sorted(retinaface.PRESETS)}")
-  base = dataclasses.asdict(retinaface.PRESETS[preset])
-  cfg = settings.dataclass_from(retinaface.RetinaFaceConfig, {**base, **model}, "config.model")
-  loss_cfg = settings.dataclass_from(losses.MultiboxLossConfig, loss, "config.loss")
-  spec = cfg.anchor_spec
-  mean_bgr = jnp.asarray(retinaface.MEAN_BGR, jnp.float32)
-
-  def preprocess(images):
-    return images[..., ::-1].astype(jnp.float32) - mean_bgr
-
-  def loss_fn(outputs, batch, key=None):
-    del key
-    anchors = jnp.asarray(anchors_lib.anchor_grid(spec, tuple(batch["image"].shape[1:3])))
-    return losses.multibox_loss(outputs, batch, anchors, loss_cfg)
-
-  def decode(outputs, image_hw, scale=1.0):
-    del scale
-    d = retinaface.decode(outputs, cfg, tuple(image_hw))
-    b, a = d["scores"].shape
-    return {"boxes": d["boxes"], "scores": d["scores"],
-            "landmarks": d["landmarks"].reshape(b, a, 5, 2)}
-
-  def import_weights(path):
-    if str(path).endswith(".onnx"):
-      return retinaface_onnx.load_retinaface_onnx(path, cfg)
-    return retinaface_pth.load_retinaface_pth(path, cfg)
-
-  def import_backbone(path):
-    return retinaface_pth.load_backbone_pth(path, cfg.backbone, cfg.activation)
-
-  return Detector(name="retinaface", model=retinaface.RetinaFace(cfg), preprocess=preprocess,
-                  loss=loss_fn, decode=decode, pad_value=tuple(float(v) for v in
-                                                               retinaface.MEAN_BGR[::-1]),
-                  landmark_flip=(1, 0, 2, 4, 3), import_weights=import_weights,
-                  import_backbone=import_backbone, backbone_scope="body")
-
-
-def _hr(model: dict, loss: dict) -> Detector:
-  from tinyfaces_jax import hr_detector
-  return hr_detector.build(model, loss)
-
-
-BUILDERS: dict[str, Callable[[dict, dict], Detector]] = {"retinaface": _retinaface, "hr": _hr}
-
-
-def build_detector(name: str, model: Any = None, loss: Any = None,
-                   dtype: Any = None) -> Detector:
-  """The detector `name` configured by the `model` and `loss` sections (mappings); `dtype`
-  (e.g. jnp.bfloat16) overrides the model's compute dtype (None: the section's `dtype`,
-  default float32; see `Detector.with_dtype`)."""
-  if name not in BUILDERS:
-    raise settings.ConfigError(f"config.detector: unknown detector {name!r}; known: "
-                               f"{sorted(BUILDERS)}")
-  det = BUILDERS[name](settings.as_dict(model), settings.as_dict(loss))
-  return det if dtype is None else det.with_dtype(dtype)
 
 
 def load_initial_weights(detector: Detector, variables: dict, *, checkpoint: Optional[str] = None,
