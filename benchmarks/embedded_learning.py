@@ -28,8 +28,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from tinyfaces_jax import losses, optim, sharding, train_step  # noqa: E402
-from tinyfaces_jax.data import embedded, pipeline, recipes, wider_annotations  # noqa: E402
+from tinyfaces_jax import optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax.detection import multibox_loss  # noqa: E402
+from tinyfaces_jax import detectors  # noqa: E402
+from tinyfaces_jax.data import embedded, pipeline, wider_annotations  # noqa: E402
 from tinyfaces_jax.data.wider_face import WiderFace  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, nms  # noqa: E402
@@ -131,9 +133,9 @@ def main():
   state = train_step.create_train_state(model, tx, (a.size, a.size, 3), jax.random.key(0), mesh)
   anchors = jnp.asarray(anchors_lib.anchor_grid(SPEC, (a.size, a.size)))
   step = train_step.make_train_step(
-      model, lambda o, b, k: losses.multibox_loss(o, b, anchors), mesh)
+      model, lambda o, b, k: multibox_loss.multibox_loss(o, b, anchors), mesh)
   ds = pipeline.train_dataset(builder, "train", batch_size=a.batch,
-                              transform=recipes.make_transform("retinaface", size=a.size),
+                              transform=detectors.make_transform("retinaface", size=a.size),
                               max_boxes=64, seed=0, process_index=0, process_count=1)
   predict = make_predict(model)
   t_train = time.time()

@@ -56,7 +56,7 @@ from tinyfaces_jax import detectors, inference, optim  # noqa: E402
 from tinyfaces_jax.detectors import hr as hr_detector  # noqa: E402
 from tinyfaces_jax import sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
-from tinyfaces_jax.detection import templates as templates_lib  # noqa: E402
+from tinyfaces_jax.detectors.hr import templates as templates_lib  # noqa: E402
 from tinyfaces_jax.detectors.hr.model import TINY_RGB_MEAN, output_size  # noqa: E402
 
 TEMPLATES = ROOT.parent / "shared" / "data" / "tinyfaces" / "RefBox_N25_scaled.mat"

@@ -10,7 +10,7 @@ its docstring (peiyunh/tiny `cnn_add_loss_fcn8s_resnet101_simple.m`):
     MatConvNet's crop [1 2 1 2]: h x w -> (2h - 1) x (2w - 1);
   * score_res3 cropped top-left to score4's size, added; split into cls [B, T, H, W] and
     reg [B, 4T, H, W] (tx for all T, then ty, tw, th).
-`precomputed_tiny_faces_loss` has the shape of ours (`losses.tiny_faces_loss`: logistic loss
+`precomputed_tiny_faces_loss` has the shape of ours (`detectors.hr.loss.tiny_faces_loss`: logistic loss
 on the drawn cells + Huber on the drawn positives, both / B) on a FIXED cell subset and fixed
 random targets: the peer does no template labelling and no hard mining in its step.
 `load_flax_variables` copies our {'params', 'batch_stats'} into the module (HWIO -> OIHW).

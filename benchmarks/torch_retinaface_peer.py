@@ -183,7 +183,7 @@ class RetinaFaceTorch(nn.Module):
 
 def precomputed_multibox_loss(out: dict, t: dict, loc_weight: float = 2.0,
                               landmark_weight: float = 1.0) -> torch.Tensor:
-  """RetinaFace multibox loss on precomputed targets (ours: `tinyfaces_jax.losses`).
+  """RetinaFace multibox loss on precomputed targets (ours: `tinyfaces_jax.detection.multibox_loss`).
 
   out: loc [B, A, 4], conf [B, A, 2] logits, landm [B, A, 10] (float32).
   t: pos, neg, has_landm [B, A] float 0/1 masks (neg = the hard negatives, fixed), loc

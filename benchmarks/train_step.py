@@ -10,7 +10,7 @@ images; M = 64 ground-truth slots with about 10 random faces per image, landmark
   * ours: the step training runs (train.py): `detectors.build_detector("retinaface", ...)`,
     `train_step.create_train_state` (float32 model) + `make_train_step(model, det.loss, mesh,
     bf16=..., preprocess=det.preprocess)`: RGB -> BGR - mean inside the step, RetinaFace,
-    `losses.multibox_loss` (MultiboxLossConfig defaults: argmax matching at IoU 0.35, 7:1
+    `multibox_loss.multibox_loss` (MultiboxLossConfig defaults: argmax matching at IoU 0.35, 7:1
     OHEM, landmarks; matching and OHEM run INSIDE the jitted step), SGD-momentum 0.9, lr
     1e-3, weight decay 5e-4 (`optim.make_optimizer`), on `sharding.make_mesh()` with the
     batch placed by `sharding.host_to_global`; compiled ahead of time (`step.lower(...)
@@ -53,7 +53,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import results_file  # noqa: E402
-from tinyfaces_jax import detectors, losses, optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax import detectors, optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax.detection import multibox_loss  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, matching, sampling  # noqa: E402
 from tinyfaces_jax.detectors.retinaface.model import MEAN_BGR, PRESETS  # noqa: E402
@@ -84,9 +85,10 @@ def precomputed_targets(batch: dict, anchors: np.ndarray, seed: int = 0) -> dict
   """The peer's fixed targets, from our matcher: pos / neg / has_landm [B, A] float32 masks
   (neg: 7 hard negatives per positive ranked by a random loss, as OHEM picks them, but once),
   loc [B, A, 4] and landm [B, A, 10] encoded targets (variances 0.1 / 0.2)."""
-  cfg = losses.MultiboxLossConfig()
+  cfg = multibox_loss.MultiboxLossConfig()
   a = jnp.asarray(anchors)
-  m = losses.match_batch(a, jnp.asarray(batch["boxes"]), jnp.asarray(batch["box_mask"]), cfg)
+  m = multibox_loss.match_batch(a, jnp.asarray(batch["boxes"]), jnp.asarray(batch["box_mask"]),
+                                cfg)
   pos = m.labels == matching.POSITIVE
   gather = jax.vmap(lambda x, i: x[i])
   b = batch["boxes"].shape[0]

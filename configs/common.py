@@ -68,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.embedded_image_size = (320, 640)
   c.data.train_split = "train"
   c.data.eval_split = "validation"
-  c.data.recipe = "retinaface"          # data/recipes.py augmentation
+  c.data.recipe = "retinaface"          # the augmentation of detectors/<recipe>/recipe.py
   c.data.recipe_options = ml_collections.ConfigDict()
   c.data.image_size = 640               # training crop side S
   c.data.max_boxes = 256                # M ground-truth slots (faces over it are counted)

@@ -58,7 +58,7 @@ def get_config(arg=None):
   c.loss.max_neg = 128
 
   c.data.source = "wider"
-  c.data.recipe = "tiny_faces"
+  c.data.recipe = "hr"
   c.data.recipe_options.scales = (0.5, 1.0, 2.0)
   c.data.image_size = 500
   c.data.max_boxes = 512

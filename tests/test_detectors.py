@@ -19,6 +19,9 @@ def test_families_are_the_packages():
   with pytest.raises(settings.ConfigError, match=r"unknown detector 'retina'; known: "
                                                  r"\['hr', 'retinaface'\]"):
     detectors.build_detector("retina")
+  with pytest.raises(settings.ConfigError, match=r"unknown recipe 'tiny_faces'; the families "
+                                                 r"with a training recipe: \['hr', 'retinaface'\]"):
+    detectors.make_transform("tiny_faces")
 
 
 @pytest.mark.parametrize("family", detectors.known_families())
@@ -30,4 +33,5 @@ def test_a_family_imports_no_other_family(family):
   loaded = json.loads(out.strip().splitlines()[-1])
   others = [m for m in loaded if m.split(".")[2] not in (family, "base")]
   assert others == [], f"importing detectors.{family} loaded {others}"
+  assert f"tinyfaces_jax.detectors.{family}.recipe" not in loaded  # TensorFlow stays out
   assert f"tinyfaces_jax.detectors.{family}" in loaded

@@ -10,7 +10,8 @@ import pytest
 import scipy.io
 
 from tests.reference import tiny_faces as tiny_faces_ref
-from tinyfaces_jax import detectors, losses
+from tinyfaces_jax import detectors
+from tinyfaces_jax.detectors.hr import loss as hr_loss
 from tinyfaces_jax.detectors import hr as hr_detector
 from tinyfaces_jax.detectors.hr import model as hr
 from tinyfaces_jax.models import backbones
@@ -113,7 +114,7 @@ def test_templates_equal_the_mat_file(shared_dir):
   det = detectors.build_detector("hr", {"backbone": "mobilenet0.25", "templates": str(path)})
   out = det.model.config
   assert out.num_templates == 25 == raw.shape[0]
-  from tinyfaces_jax.detection import templates
+  from tinyfaces_jax.detectors.hr import templates
   t = templates.load_templates(str(path))
   np.testing.assert_array_equal(t.boxes, raw[:, :4].astype(np.float32))
   np.testing.assert_array_equal(t.sigma, raw[:, 4].astype(np.float32))
@@ -137,9 +138,9 @@ def test_loss_is_the_release_loss():
                  [[20, 20, 44, 50], [0, 0, 0, 0], [0, 0, 0, 0]]], np.float32)
   mask = np.array([[True, True, False], [True, False, False]])
   region = np.array([[0, 0, 56, 56], [4, 2, 50, 56]], np.float32)
-  cfg = losses.TinyFacesLossConfig(easy_loss=0.0, max_pos=10_000, max_neg=10_000)
+  cfg = hr_loss.TinyFacesLossConfig(easy_loss=0.0, max_pos=10_000, max_neg=10_000)
   batch = {"boxes": gt, "box_mask": mask, "valid_region": region}
-  loss, m = losses.tiny_faces_loss({"cls": jnp.asarray(cls), "reg": jnp.asarray(reg)}, batch,
+  loss, m = hr_loss.tiny_faces_loss({"cls": jnp.asarray(cls), "reg": jnp.asarray(reg)}, batch,
                                    jnp.asarray(tpl), jax.random.key(0), cfg)
   want_cls, want_reg = tiny_faces_ref.release_loss(cls, reg, tpl, gt, mask, region, 0.0)
   assert float(m["num_pos"]) > 0
@@ -147,7 +148,7 @@ def test_loss_is_the_release_loss():
   np.testing.assert_allclose(float(m["loss_reg"]), want_reg, rtol=1e-5)
   np.testing.assert_allclose(float(loss), want_cls + want_reg, rtol=1e-5)
   # The release's mining: with the defaults at most 128 + 128 draws per image.
-  _, m = losses.tiny_faces_loss({"cls": jnp.asarray(cls), "reg": jnp.asarray(reg)}, batch,
+  _, m = hr_loss.tiny_faces_loss({"cls": jnp.asarray(cls), "reg": jnp.asarray(reg)}, batch,
                                 jnp.asarray(tpl), jax.random.key(0))
   assert float(m["num_neg"]) <= 256 and float(m["num_pos"]) <= 256
 
@@ -156,7 +157,8 @@ def test_decode_inverts_the_training_targets(shared_dir):
   """Offsets equal to the targets of a face decode to that face (our x2 = x1 + w boxes)."""
   path = shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat"
   det = detectors.build_detector("hr", {"backbone": "mobilenet0.25", "templates": str(path)})
-  from tinyfaces_jax.detection import box_coder, template_matching, templates
+  from tinyfaces_jax.detection import box_coder
+  from tinyfaces_jax.detectors.hr import template_matching, templates
   tpl = jnp.asarray(templates.load_templates(str(path)).boxes)
   face = jnp.asarray([[37.0, 41.0, 37.0 + 30.0, 41.0 + 38.0]])
   h = w = 9

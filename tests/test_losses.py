@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from tests.reference import losses as losses_ref
-from tinyfaces_jax import losses
+from tinyfaces_jax.detection import multibox_loss
 from tinyfaces_jax.detection import anchors as anchors_lib
 
 
@@ -29,7 +29,7 @@ def test_multibox_loss_matches_numpy_reference():
   landm = rng.normal(size=(b, a, 10)).astype(np.float32)
   batch = {"boxes": boxes, "box_mask": mask, "landmarks": lms, "landmarks_present": lm_ok}
   out = {"loc": loc, "conf": conf, "landm": landm}
-  loss, metrics = jax.jit(lambda o, bt: losses.multibox_loss(o, bt, jnp.asarray(anchors)))(
+  loss, metrics = jax.jit(lambda o, bt: multibox_loss.multibox_loss(o, bt, jnp.asarray(anchors)))(
       out, batch)
   want, n_pos = losses_ref.multibox_loss(loc, conf, landm, boxes, mask, lms, lm_ok, anchors)
   assert metrics["num_pos"] == n_pos > 0
@@ -42,10 +42,10 @@ def test_gradients_finite_with_degenerate_and_empty():
   batch = {"boxes": jnp.array([[[5, 5, 5, 20], [0, 0, 0, 0]]], jnp.float32),
            "box_mask": jnp.array([[True, False]])}
   out = {"loc": jnp.zeros((1, a, 4)), "conf": jnp.zeros((1, a, 2))}
-  g = jax.grad(lambda o: losses.multibox_loss(o, batch, anchors)[0])(out)
+  g = jax.grad(lambda o: multibox_loss.multibox_loss(o, batch, anchors)[0])(out)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
 
 
 def test_config_typo_is_rejected():
   with pytest.raises(ValueError, match="matcher"):
-    losses.MultiboxLossConfig(matcher="s3df")
+    multibox_loss.MultiboxLossConfig(matcher="s3df")

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.reference import matching as ref
 from tinyfaces_jax.detection import matching as mt
-from tinyfaces_jax.detection import template_matching as tm
+from tinyfaces_jax.detectors.hr import template_matching as tm
 
 
 def anchor_grid(size=64, strides=(8, 16), scale=2.0):

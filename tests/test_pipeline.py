@@ -164,12 +164,12 @@ def test_prefetcher_reraises_input_errors_and_closes():
   assert not endless._thread.is_alive()
 
 
-@pytest.mark.parametrize("recipe,size", [("tiny_faces", 96), ("retinaface", 64)])
+@pytest.mark.parametrize("recipe,size", [("hr", 96), ("retinaface", 64)])
 def test_train_with_real_recipes(release, recipe, size):
-  from tinyfaces_jax.data import recipes
+  from tinyfaces_jax import detectors
   builder, _ = release
   ds = pipeline.train_dataset(builder, "train", batch_size=2,
-                              transform=recipes.make_transform(recipe, size=size),
+                              transform=detectors.make_transform(recipe, size=size),
                               max_boxes=8, seed=1, process_index=0, process_count=1)
   b = next(ds.as_numpy_iterator())
   assert b["image"].shape == (2, size, size, 3) and b["valid_region"].shape == (2, 4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import url_fs
-from tinyfaces_jax.detection import templates
+from tinyfaces_jax.detectors.hr import templates
 from url_fs import ram_dir  # noqa: F401  (fixture)
 
 

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from tinyfaces_jax import losses, optim, sharding, train_step
+from tinyfaces_jax import optim, sharding, train_step
+from tinyfaces_jax.detection import multibox_loss
 from tinyfaces_jax.detection import anchors as anchors_lib
 
 SPEC = anchors_lib.AnchorSpec(strides=(8,), sizes=((8, 16),))
@@ -42,11 +43,11 @@ def setup(devices, lr=0.05):
   mesh = sharding.make_mesh(devices)
   model = ToyDetector()
   anchors = jnp.asarray(anchors_lib.anchor_grid(SPEC, HW))
-  cfg = losses.MultiboxLossConfig(neg_pos_ratio=3.0)
+  cfg = multibox_loss.MultiboxLossConfig(neg_pos_ratio=3.0)
   state = train_step.create_train_state(model, tx_for(model, lr), (*HW, 3),
                                         jax.random.key(0), mesh)
   step = train_step.make_train_step(
-      model, lambda o, b, k: losses.multibox_loss(o, b, anchors, cfg), mesh)
+      model, lambda o, b, k: multibox_loss.multibox_loss(o, b, anchors, cfg), mesh)
   return mesh, state, step
 
 
@@ -100,10 +101,10 @@ def test_gradient_accumulation_is_the_mean_of_micro_batch_gradients():
   mesh = sharding.make_mesh(jax.devices())
   model = ToyDetector()
   anchors = jnp.asarray(anchors_lib.anchor_grid(SPEC, HW))
-  cfg = losses.MultiboxLossConfig(neg_pos_ratio=3.0)
+  cfg = multibox_loss.MultiboxLossConfig(neg_pos_ratio=3.0)
 
   def loss_fn(o, b, k):
-    return losses.multibox_loss(o, b, anchors, cfg)
+    return multibox_loss.multibox_loss(o, b, anchors, cfg)
 
   lr = 0.1
   state = train_step.create_train_state(model, optax.sgd(lr), (*HW, 3), jax.random.key(0),

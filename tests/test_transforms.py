@@ -1,4 +1,5 @@
-"""Training augmentations (tinyfaces_jax/data/transforms.py + recipes.py) vs numpy statements."""
+"""Training augmentations (data/transforms.py, detectors/{hr,retinaface}/recipe.py) vs numpy
+statements."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import scipy.ndimage
 import tensorflow as tf
 
 from tests.reference import transforms as transforms_ref
-from tinyfaces_jax.data import recipes as R
+from tinyfaces_jax import detectors
+from tinyfaces_jax.detectors.hr import recipe as hr_recipe
+from tinyfaces_jax.detectors.retinaface import recipe as retina_recipe
 from tinyfaces_jax.data import transforms as T
 
 TINY_PLAIN = dict(color_jitter=None)
@@ -57,22 +60,22 @@ def frontal_landmarks(box):
 
 def test_tiny_constants_match_image_stats(shared_dir):
   m = scipy.io.loadmat(shared_dir / "data/tinyfaces/imageStats.mat")
-  np.testing.assert_allclose(T.TINY_RGB_MEAN, m["rgbMean"].ravel(), rtol=1e-6)
+  np.testing.assert_allclose(hr_recipe.TINY_RGB_MEAN, m["rgbMean"].ravel(), rtol=1e-6)
   cov = m["rgbCovariance"].astype(np.float64)
-  np.testing.assert_allclose(T.TINY_RGB_COVARIANCE, cov, rtol=1e-6)
+  np.testing.assert_allclose(hr_recipe.TINY_RGB_COVARIANCE, cov, rtol=1e-6)
   d, v = np.linalg.eigh(cov)
-  np.testing.assert_allclose(T.TINY_EIGVALS, d, rtol=1e-6)
-  vecs = np.asarray(T.TINY_EIGVECS)
+  np.testing.assert_allclose(hr_recipe.TINY_EIGVALS, d, rtol=1e-6)
+  vecs = np.asarray(hr_recipe.TINY_EIGVECS)
   np.testing.assert_allclose(np.abs(np.sum(vecs * v, 0)), 1.0, atol=1e-6)  # same up to sign
   np.testing.assert_allclose(vecs @ np.diag(d) @ vecs.T, cov, rtol=1e-5)
   # rgbVariance = 0.1 * sqrt(d) * v' (cnn_widerface.m)
-  np.testing.assert_allclose(T.tiny_rgb_variance(), 0.1 * np.diag(np.sqrt(d)) @ vecs.T)
+  np.testing.assert_allclose(hr_recipe.tiny_rgb_variance(), 0.1 * np.diag(np.sqrt(d)) @ vecs.T)
 
 
 @pytest.mark.parametrize("mode", ["release", "alexnet"])
 def test_pca_lighting_statistics(mode):
   img = tf.fill([2, 2, 3], 100.0)
-  fn = tf.function(lambda s: T.pca_lighting(img, s, mode))
+  fn = tf.function(lambda s: hr_recipe.pca_lighting(img, s, mode))
   shifts = []
   for i in range(1500):
     out, off = fn(tf.constant([i, 7]))
@@ -81,7 +84,7 @@ def test_pca_lighting_statistics(mode):
                                  atol=1e-4)
     shifts.append(off.numpy())
   cov = np.cov(np.asarray(shifts, np.float64).T)
-  d, v = np.asarray(T.TINY_EIGVALS), np.asarray(T.TINY_EIGVECS)
+  d, v = np.asarray(hr_recipe.TINY_EIGVALS), np.asarray(hr_recipe.TINY_EIGVECS)
   if mode == "release":  # sqrt(D) V^T z: independent per RGB channel, variance 0.01 d_k
     expected = 0.01 * np.diag(d)
   else:  # V sqrt(D) z: covariance 0.01 V D V^T = 0.01 rgbCovariance
@@ -113,14 +116,14 @@ def test_hflip_twice_is_identity_and_swaps_landmarks():
   np.testing.assert_allclose(once["valid_region"].numpy(), [50, 10, 300, 200])
 
 
-@pytest.mark.parametrize("recipe", ["tiny_faces", "retinaface"])
+@pytest.mark.parametrize("recipe", ["hr", "retinaface"])
 def test_deterministic_static_shapes_in_dataset_map(recipe):
-  opts = {"tiny_faces": {}, "retinaface": {"size": 320}}[recipe]
-  size = {"tiny_faces": 500, "retinaface": 320}[recipe]
+  opts = {"hr": {}, "retinaface": {"size": 320}}[recipe]
+  size = {"hr": 500, "retinaface": 320}[recipe]
   exs = [make_example(300, 420, grid_faces(300, 420, 40, 60)),
          make_example(700, 520, grid_faces(700, 520, 50, 90))]
   spec = {k: tf.TensorSpec([None] * len(v.shape), v.dtype) for k, v in exs[0].items()}
-  transform = R.make_transform(recipe, **opts)
+  transform = detectors.make_transform(recipe, **opts)
   fn = tf.function(transform, input_signature=[spec, tf.TensorSpec([2], tf.int32)])
   out_spec = fn.get_concrete_function().structured_outputs
   assert out_spec["image"].shape.as_list() == [size, size, 3]
@@ -142,13 +145,13 @@ def test_deterministic_static_shapes_in_dataset_map(recipe):
   assert not np.array_equal(other["image"].numpy(), got[0]["image"].numpy())
 
 
-@pytest.mark.parametrize("recipe", ["tiny_faces", "retinaface"])
+@pytest.mark.parametrize("recipe", ["hr", "retinaface"])
 def test_boxes_follow_image_content(recipe):
-  opts = {"tiny_faces": TINY_PLAIN, "retinaface": dict(RETINA_PLAIN, size=480)}[recipe]
+  opts = {"hr": TINY_PLAIN, "retinaface": dict(RETINA_PLAIN, size=480)}[recipe]
   ex = make_example(460, 700, grid_faces(460, 700, 48, 80))
   n_kept = 0
   for i in range(12):
-    out = R.make_transform(recipe, **opts)(ex, tf.constant([i, 1]))
+    out = detectors.make_transform(recipe, **opts)(ex, tf.constant([i, 1]))
     blobs = blob_boxes(out["image"].numpy())
     for b in out["boxes"].numpy():
       if min(b[2] - b[0], b[3] - b[1]) < 6:
@@ -164,8 +167,8 @@ def test_tiny_visibility_rule_matches_numpy():
   ex = make_example(900, 1100, boxes)
   for i in range(10):
     seed = tf.constant([i, 3])
-    out = R.tiny_faces_transform(ex, seed, flip_prob=0.0, color_jitter=None)
-    g = {k: v.numpy() for k, v in R.tiny_sample_geometry(
+    out = hr_recipe.transform(ex, seed, flip_prob=0.0, color_jitter=None)
+    g = {k: v.numpy() for k, v in hr_recipe.tiny_sample_geometry(
         tf.constant([900, 1100]), T.split_seed(seed, 3)[0]).items()}
     f, (cy, cx), (ch, cw), (py, px) = g["factor"], g["crop_yx"], g["crop_hw"], g["paste_yx"]
     b = np.asarray(boxes, np.float64) * f
@@ -181,7 +184,7 @@ def test_tiny_visibility_rule_matches_numpy():
 
 
 def test_tiny_scale_distribution():
-  fn = tf.function(lambda s: R.tiny_sample_geometry(tf.constant([400, 600]), s)["factor"])
+  fn = tf.function(lambda s: hr_recipe.tiny_sample_geometry(tf.constant([400, 600]), s)["factor"])
   f = np.array([fn(tf.constant([i, 11])).numpy() for i in range(300)])
   counts = [np.sum(f == v) for v in (0.5, 1.0, 2.0)]
   assert sum(counts) == 300 and min(counts) > 70, counts
@@ -196,15 +199,15 @@ def test_retina_centre_rule_matches_numpy(mode, min_px):
   ex = make_example(480, 640, boxes)
   for i in range(8):
     seed = tf.constant([i, 9])
-    out = R.retinaface_transform(ex, seed, size=320, flip_prob=0.0, scale_mode=mode,
+    out = retina_recipe.transform(ex, seed, size=320, flip_prob=0.0, scale_mode=mode,
                                  min_face_px=min_px, **RETINA_PLAIN)
-    rois, _, _ = R.retina_crop_candidates(tf.constant(boxes), tf.constant([480, 640]),
+    rois, _, _ = retina_recipe.crop_candidates(tf.constant(boxes), tf.constant([480, 640]),
                                           T.split_seed(seed, 5)[0], img_dim=320,
                                           scale_mode=mode)
     rois = rois.numpy()
     side_frac = (rois[:, 2] - rois[:, 0]) / 480
     if mode == "pre_scales":
-      assert np.all(np.min(np.abs(side_frac[:, None] - np.array(R.RETINA_PRE_SCALES)), 1) < 0.01)
+      assert np.all(np.min(np.abs(side_frac[:, None] - np.array(retina_recipe.PRE_SCALES)), 1) < 0.01)
     roi, _, want = transforms_ref.retina_crop(boxes.astype(np.float64), rois, 320, min_px)
     side = (roi[2] - roi[0]) if roi is not None else 640
     np.testing.assert_allclose(out["boxes"].numpy(), want * 320 / side, atol=1e-3)
@@ -215,10 +218,10 @@ def test_retina_fallback_pads_with_mean_and_valid_region():
   ex = make_example(200, 400, [[50, 10, 350, 190]], values=[(200, 40, 10)])
   ex["image"] = tf.constant(np.full((200, 400, 3), (200, 40, 10), np.uint8))
   for i in range(6):
-    out = R.retinaface_transform(ex, tf.constant([i, 2]), size=320, distort=False)
+    out = retina_recipe.transform(ex, tf.constant([i, 2]), size=320, distort=False)
     img, v = out["image"].numpy(), out["valid_region"].numpy()
     assert v[3] == pytest.approx(160) and v[2] - v[0] == pytest.approx(320)
-    np.testing.assert_allclose(img[170:], np.broadcast_to(R.RETINA_RGB_MEAN, img[170:].shape),
+    np.testing.assert_allclose(img[170:], np.broadcast_to(retina_recipe.RGB_MEAN, img[170:].shape),
                                atol=1e-3)
     np.testing.assert_allclose(img[:150], 200 * 0 + np.broadcast_to((200, 40, 10),
                                                                     img[:150].shape), atol=1e-3)
@@ -231,7 +234,7 @@ def test_tiny_valid_region_holds_image_rest_is_mean(jitter):
   ex = make_example(260, 330, [[10, 10, 60, 60]])
   ex["image"] = tf.constant(np.full((260, 330, 3), colour, np.uint8))
   for i in range(8):
-    out = R.tiny_faces_transform(ex, tf.constant([i, 4]), color_jitter=jitter)
+    out = hr_recipe.transform(ex, tf.constant([i, 4]), color_jitter=jitter)
     img = out["image"].numpy().astype(np.float64)
     x1, y1, x2, y2 = out["valid_region"].numpy().astype(int)
     inside = np.zeros(img.shape[:2], bool)
@@ -239,17 +242,17 @@ def test_tiny_valid_region_holds_image_rest_is_mean(jitter):
     if inside.all():  # factor 2: the crop fills the canvas
       shift = img[0, 0] - colour  # = -pca offset (0 without jitter)
     else:
-      shift = img[~inside][0] - np.asarray(T.TINY_RGB_MEAN)
+      shift = img[~inside][0] - np.asarray(hr_recipe.TINY_RGB_MEAN)
     if jitter is None:
       np.testing.assert_allclose(shift, 0.0, atol=1e-3)
-    np.testing.assert_allclose(img[~inside], np.broadcast_to(np.asarray(T.TINY_RGB_MEAN) + shift,
+    np.testing.assert_allclose(img[~inside], np.broadcast_to(np.asarray(hr_recipe.TINY_RGB_MEAN) + shift,
                                                              img[~inside].shape), atol=1e-3)
     np.testing.assert_allclose(img[inside], np.broadcast_to(colour + shift, img[inside].shape),
                                atol=1e-2)
     assert (x2 - x1, y2 - y1) in [(165, 130), (330, 260), (500, 500)]
 
 
-@pytest.mark.parametrize("recipe", ["tiny_faces", "retinaface"])
+@pytest.mark.parametrize("recipe", ["hr", "retinaface"])
 def test_untrainable_stays_untrainable_and_absent_landmarks_stay_absent(recipe):
   boxes = grid_faces(400, 500, 50, 80)
   n = len(boxes)
@@ -262,9 +265,9 @@ def test_untrainable_stays_untrainable_and_absent_landmarks_stay_absent(recipe):
   ex = make_example(400, 500, boxes, trainable=np.r_[trainable, False],
                     landmarks=np.r_[lms, -np.ones((1, 5, 2))], values=values + [0])
   ex["landmarks_present"] = tf.constant(np.r_[present, False])
-  opts = {"tiny_faces": TINY_PLAIN, "retinaface": dict(RETINA_PLAIN, size=400)}[recipe]
+  opts = {"hr": TINY_PLAIN, "retinaface": dict(RETINA_PLAIN, size=400)}[recipe]
   for i in range(10):
-    out = R.make_transform(recipe, **opts)(ex, tf.constant([i, 6]))
+    out = detectors.make_transform(recipe, **opts)(ex, tf.constant([i, 6]))
     img = out["image"].numpy()
     b, tr = out["boxes"].numpy(), out["trainable"].numpy()
     for bb, t, lm, p in zip(b, tr, out["landmarks"].numpy(), out["landmarks_present"].numpy()):
@@ -281,8 +284,8 @@ def test_untrainable_stays_untrainable_and_absent_landmarks_stay_absent(recipe):
 
 def test_photometric_distort_range_and_determinism():
   img = tf.random.stateless_uniform([32, 48, 3], [1, 2], 0, 255)
-  outs = [T.photometric_distort(img, tf.constant([i, 0])).numpy() for i in range(16)]
-  again = T.photometric_distort(img, tf.constant([0, 0])).numpy()
+  outs = [retina_recipe.photometric_distort(img, tf.constant([i, 0])).numpy() for i in range(16)]
+  again = retina_recipe.photometric_distort(img, tf.constant([0, 0])).numpy()
   np.testing.assert_array_equal(outs[0], again)
   assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
   changed = [np.abs(o - img.numpy()).max() > 1 for o in outs]

@@ -4,7 +4,7 @@
       --out=RefBox_N25.mat [--num=25] [--min_size=10] [--scaled]
 
 Reads a WIDER-format `*_bbx_gt.txt` (yours, or `<release>/wider_face_split/...`), keeps the
-trainable faces, and runs `detection.templates.cluster_templates` (K-medoids under 1 - IoU of
+trainable faces, and runs `detectors.hr.templates.cluster_templates` (K-medoids under 1 - IoU of
 centred boxes, faces >= min_size, at most 1e5 boxes, as the release's `cluster_rects.m`).
 Writes a .mat with `clusters` [T, 5] (centred x1 y1 x2 y2 in the +1 convention, sigma) that
 `config.model.templates` reads. sigma is 1 for every template unless `--scaled`, which
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
   import scipy.io
   from tinyfaces_jax import paths
   from tinyfaces_jax.data import wider_annotations
-  from tinyfaces_jax.detection import templates
+  from tinyfaces_jax.detectors.hr import templates
   anns = wider_annotations.parse_bbx_gt(a.annotations)
   boxes = [ann.boxes[ann.trainable] for ann in anns]
   xywh = np.concatenate(boxes) if boxes else np.zeros((0, 4))

@@ -252,7 +252,7 @@ def train_and_evaluate(config, workdir, *,
     hosts.HostsDisagree: the hosts of a multi-host run see different things.
   """
   from clu import metric_writers, periodic_actions
-  from tinyfaces_jax.data import pipeline, recipes
+  from tinyfaces_jax.data import pipeline
 
   spec = RunSpec.from_config(config)
   spec.init.check_files()
@@ -298,8 +298,8 @@ def train_and_evaluate(config, workdir, *,
   evals: list = []
   t_start = time.time()
 
-  def evaluate(step: int, preemption) -> bool:
-    """Evaluates the current state; False when a preemption stopped it."""
+  def evaluate(state, step: int, preemption) -> bool:
+    """Evaluates `state`, appending to `evals`; False when a preemption stopped it."""
     _log(f"evaluating {spec.data.eval_split} at step {step} ...")
     r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats},
                       workdir / "eval" / f"step_{step}", preemption=preemption)
@@ -312,7 +312,22 @@ def train_and_evaluate(config, workdir, *,
       _log_eval(r)
     return True
 
-  transform = recipes.make_transform(spec.data.recipe, size=spec.data.image_size,
+  def save(state, step: int, saved_at: int) -> int:
+    """Saves `state` at `step` unless that step is already saved; -> the saved step."""
+    if saved_at != step:
+      checkpointing.save(manager, state, facts)
+    return step
+
+  def flush(pending: list) -> dict:
+    """Means of the pending step metrics (one device fetch); a non-finite loss raises."""
+    means, bad = _mean_metrics(pending) if pending else ({}, None)
+    if bad:
+      raise FloatingPointError(
+          f"non-finite loss {bad[1]} at step {bad[0]}; training stopped (last checkpoint: "
+          f"step {manager.latest_step()} in {manager.directory})")
+    return means
+
+  transform = detectors.make_transform(spec.data.recipe, size=spec.data.image_size,
                                      **spec.data.recipe_options)
   ds = pipeline.train_dataset(builder, spec.data.train_split, batch_size=local_batch,
                               transform=transform, max_boxes=spec.data.max_boxes,
@@ -327,27 +342,9 @@ def train_and_evaluate(config, workdir, *,
   step, preempted, saved_at = start, False, start
   t_log, n_log = time.time(), 0
 
-  def save() -> None:
-    nonlocal saved_at
-    if saved_at != step:
-      checkpointing.save(manager, state, facts)
-      saved_at = step
-
-  def flush() -> Optional[dict]:
-    nonlocal pending
-    if not pending:
-      return None
-    means, bad = _mean_metrics(pending)
-    pending = []
-    if bad:
-      raise FloatingPointError(
-          f"non-finite loss {bad[1]} at step {bad[0]}; training stopped (last checkpoint: "
-          f"step {manager.latest_step()} in {manager.directory})")
-    return means
-
   with checkpointing.Preemption(manager) as preemption:
     preemption.reached(start)  # every host's sync counter starts at the same step
-    if start == 0 and tc.eval_every and not evaluate(0, preemption):
+    if start == 0 and tc.eval_every and not evaluate(state, 0, preemption):
       preempted = True
     compiled = None
     if not preempted and step < tc.num_steps:
@@ -376,7 +373,7 @@ def train_and_evaluate(config, workdir, *,
       last = step == tc.num_steps
       stop = preemption.reached(step)
       if step % tc.log_every == 0 or last or stop or step % tc.checkpoint_every == 0:
-        means = flush()
+        means, pending = flush(pending), []
         if step % tc.log_every == 0 or last:
           dt = time.time() - t_log
           ips = n_log * tc.batch_size / max(dt, 1e-9)
@@ -386,22 +383,22 @@ def train_and_evaluate(config, workdir, *,
                        (tc.num_steps - step) * dt / max(n_log, 1), tc.batch_size))
           t_log, n_log = time.time(), 0
       if step % tc.checkpoint_every == 0 or last or stop:
-        save()
+        saved_at = save(state, step, saved_at)
       if stop:
         preempted = True
         _log(f"preemption: every host saved step {step}; stopping (resume by rerunning)")
         break
       if tc.eval_every and step % tc.eval_every == 0 and not last:
-        if not evaluate(step, preemption):
-          save()
+        if not evaluate(state, step, preemption):
+          saved_at = save(state, step, saved_at)
           preempted = True
           _log(f"preemption during evaluation: saved step {step}; stopping")
     batches.close()
     manager.wait_until_finished()
     if not preempted:
-      save()
+      saved_at = save(state, step, saved_at)
       manager.wait_until_finished()
-      if not evaluate(step, preemption):
+      if not evaluate(state, step, preemption):
         preempted = True
         _log(f"preemption during the final evaluation (step {step} is saved); stopping")
   profiler.after(tc.num_steps)

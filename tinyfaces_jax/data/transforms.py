@@ -8,42 +8,17 @@ Example contract (one image):
        trainable bool [N], landmarks float32 [N, 5, 2] (-1 where absent), landmarks_present [N]
   out: image float32 [S, S, 3] (0..255 scale, RGB, not normalised), boxes/landmarks in output
        pixels, faces dropped by the recipe removed, valid_region float32 [4] xyxy (real pixels).
-Other keys (e.g. filename) pass through untouched. Per-detector recipes live in recipes.py.
+Other keys (e.g. filename) pass through untouched. A family's recipe (its augmentation and its
+constants) is `detectors/<family>/recipe.py`: `transform(example, seed, **options)`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
+from tinyfaces_jax.detection import box_coder
+
 FACE_KEYS = ("boxes", "trainable", "landmarks", "landmarks_present")
-
-# Landmark order (RetinaFace / WIDER 5-point): left eye, right eye, nose, left mouth corner,
-# right mouth corner. A horizontal flip swaps the left/right points; the nose stays.
-LANDMARK_FLIP_ORDER = (1, 0, 2, 4, 3)
-
-# ---- Tiny Faces (Hu & Ramanan 2017) colour statistics -------------------------------------
-# Values read from peiyunh/tiny data/widerface/imageStats.mat (our copy:
-# shared/data/tinyfaces/imageStats.mat; tests/test_transforms.py re-reads the file and checks
-# these). `rgbMean` is the RGB mean in 0..255; `rgbCovariance` the 3x3 RGB pixel covariance.
-TINY_RGB_MEAN = (119.2996, 110.54627, 101.83843)
-TINY_RGB_COVARIANCE = ((6093.8535, 5534.6396, 4858.425),
-                       (5534.6396, 6098.877, 5676.961),
-                       (4858.425, 5676.961, 6443.17))
-# eig(rgbCovariance), eigenvalues ascending (MATLAB `eig` / numpy `eigh` order); the columns of
-# TINY_EIGVECS are the eigenvectors (sign is arbitrary and irrelevant to the noise law).
-TINY_EIGVALS = (295.6025516167, 1407.9336321445, 16932.3642068638)
-TINY_EIGVECS = ((0.4316588887, -0.7060300105, -0.5614198323),
-                (-0.8066350381, -0.0235508467, -0.5905804543),
-                (0.4037456119, 0.7077902104, -0.5796744767))
-# cnn_widerface.m: `[v,d] = eig(rgbCovariance); rgbVariance = 0.1*sqrt(d)*v'`, and
-# cnn_get_batch_hardmine.m subtracts `averageImage + rgbVariance * randn(3,1)` per image.
-TINY_PCA_SCALE = 0.1
-
-
-def tiny_rgb_variance() -> np.ndarray:
-  """The release's `rgbVariance` matrix [3, 3] = 0.1 * sqrt(D) @ V^T."""
-  return TINY_PCA_SCALE * np.diag(np.sqrt(TINY_EIGVALS)) @ np.asarray(TINY_EIGVECS).T
 
 
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
@@ -120,7 +95,7 @@ def hflip(ex: dict) -> dict:
   out["image"] = tf.reverse(image, axis=[1])
   b = ex["boxes"]
   out["boxes"] = tf.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1)
-  lm = tf.gather(ex["landmarks"], LANDMARK_FLIP_ORDER, axis=1)
+  lm = tf.gather(ex["landmarks"], box_coder.FIVE_POINT_MIRROR, axis=1)
   lm = tf.stack([width - lm[..., 0], lm[..., 1]], axis=-1)
   out["landmarks"] = tf.where(ex["landmarks_present"][:, None, None], lm, ex["landmarks"])
   if "valid_region" in ex:
@@ -140,55 +115,7 @@ def random_hflip(ex: dict, seed: tf.Tensor, prob: float = 0.5) -> dict:
   return out
 
 
-# ---- photometric ---------------------------------------------------------------------------
-
-def pca_lighting(image: tf.Tensor, seed: tf.Tensor, mode: str = "release"):
-  """AlexNet-style PCA lighting noise with the Tiny Faces WIDER statistics.
-
-  image: float32 [H, W, 3] RGB 0..255. Returns (image - offset, offset [3]), offset per image:
-    mode 'release': offset = rgbVariance @ z, rgbVariance = 0.1 sqrt(D) V^T, z ~ N(0, I3),
-      exactly as cnn_get_batch_hardmine.m (note: since V^T z ~ N(0, I) the shift is
-      N(0, 0.01 D) per RGB channel, i.e. NOT along the eigenvectors -- the release's quirk).
-    mode 'alexnet': offset = V @ (0.1 sqrt(d) * z), covariance 0.01 V D V^T (Krizhevsky 2012).
-  No clipping (the release does not clip).
-  """
-  z = tf.random.stateless_normal([3], seed)
-  if mode == "release":
-    offset = tf.linalg.matvec(tf.constant(tiny_rgb_variance(), tf.float32), z)
-  elif mode == "alexnet":
-    vecs = tf.constant(TINY_EIGVECS, tf.float32)
-    offset = tf.linalg.matvec(vecs, TINY_PCA_SCALE * tf.sqrt(tf.constant(TINY_EIGVALS,
-                                                                         tf.float32)) * z)
-  else:
-    raise ValueError(f"unknown PCA lighting mode {mode!r}")
-  return image - offset[None, None, :], offset
-
-
-def photometric_distort(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """RetinaFace `_distort` (Pytorch_Retinaface data/data_augment.py) on float32 [H, W, 3]
-  RGB 0..255. With p=0.5 the order is brightness, contrast, saturation, hue, else brightness,
-  saturation, hue, contrast; each op applied independently with p=0.5:
-    brightness: + U(-32, 32); contrast: * U(0.5, 1.5); both clipped to [0, 255];
-    saturation (HSV S): * U(0.5, 1.5), clipped; hue: + randint(-18, 18) OpenCV units (of 180)
-    = +-36 degrees, wrapped.
-  Skipped ops use identity parameters (vectorised, no tf.cond)."""
-  s = split_seed(seed, 6)
-  coin = uniform(s[0], [5]) < 0.5
-  contrast_first, do_b, do_c, do_s, do_h = [coin[i] for i in range(5)]
-  beta = tf.where(do_b, uniform(s[1], (), -32.0, 32.0), 0.0)
-  alpha = tf.where(do_c, uniform(s[2], (), 0.5, 1.5), 1.0)
-  sat = tf.where(do_s, uniform(s[3], (), 0.5, 1.5), 1.0)
-  hue = tf.where(do_h, tf.cast(tf.random.stateless_uniform((), s[4], -18, 19, tf.int32),
-                               tf.float32), 0.0) / 180.0
-  img = tf.clip_by_value(image + beta, 0.0, 255.0)
-  img = tf.clip_by_value(img * tf.where(contrast_first, alpha, 1.0), 0.0, 255.0)
-  hsv = tf.image.rgb_to_hsv(img / 255.0)
-  h = tf.math.floormod(hsv[..., 0] + hue, 1.0)
-  sv = tf.clip_by_value(hsv[..., 1] * sat, 0.0, 1.0)
-  img = tf.image.hsv_to_rgb(tf.stack([h, sv, hsv[..., 2]], axis=-1)) * 255.0
-  img = tf.clip_by_value(img * tf.where(contrast_first, 1.0, alpha), 0.0, 255.0)
-  return img
-
+# ---- resize --------------------------------------------------------------------------------
 
 RESIZE_METHODS = ("bilinear", "bicubic", "area", "nearest", "lanczos5")
 
@@ -204,3 +131,14 @@ def random_resize(image: tf.Tensor, size: int, seed: tf.Tensor, random_method: b
     out = tf.switch_case(idx, branches)
   out = tf.clip_by_value(out, 0.0, 255.0)
   return tf.ensure_shape(out, [size, size, 3])
+
+
+def finish(ex: dict, size: int) -> dict:
+  """Static shapes + dtypes of an output example; trainable only for positive-size boxes."""
+  out = dict(ex)
+  out["image"] = tf.ensure_shape(tf.cast(ex["image"], tf.float32), [size, size, 3])
+  b = ex["boxes"]
+  positive = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+  out["trainable"] = ex["trainable"] & positive
+  out["valid_region"] = tf.ensure_shape(tf.cast(ex["valid_region"], tf.float32), [4])
+  return out

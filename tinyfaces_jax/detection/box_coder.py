@@ -26,6 +26,9 @@ SSD_VARIANCES = (0.1, 0.2)
 TINY_VARIANCES = (1.0, 1.0)
 MAX_LOG_SCALE = math.log(1000.0 / 16.0)
 MIN_SIZE = 1e-3
+# The 5-point landmark order (RetinaFace / WIDER / MTCNN): left eye, right eye, nose, left
+# mouth corner, right mouth corner; after a horizontal flip point i is point FIVE_POINT_MIRROR[i].
+FIVE_POINT_MIRROR = (1, 0, 2, 4, 3)
 
 Array = jnp.ndarray
 

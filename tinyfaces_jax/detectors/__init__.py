@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import pkgutil
-from typing import Any
+from typing import Any, Callable
 
 from tinyfaces_jax import settings
 from tinyfaces_jax.detectors.base import Detector
@@ -29,3 +31,16 @@ def build_detector(name: str, model: Any = None, loss: Any = None,
   family = importlib.import_module(f"{__name__}.{name}")
   det = family.build(settings.as_dict(model), settings.as_dict(loss))
   return det if dtype is None else det.with_dtype(dtype)
+
+
+def make_transform(recipe: str, **options) -> Callable:
+  """The training augmentation of the family `recipe` (its `recipe.transform`, TensorFlow)
+  with its keyword options bound: `(example, seed [2]) -> example` for
+  data/pipeline.train_dataset, e.g. make_transform("retinaface", size=840)."""
+  with_recipe = [f for f in known_families()
+                 if importlib.util.find_spec(f"{__name__}.{f}.recipe") is not None]
+  if recipe not in with_recipe:
+    raise settings.ConfigError(f"config.data.recipe: unknown recipe {recipe!r}; the families "
+                               f"with a training recipe: {with_recipe}")
+  module = importlib.import_module(f"{__name__}.{recipe}.recipe")
+  return functools.partial(module.transform, **options)

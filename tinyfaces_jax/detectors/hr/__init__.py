@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import losses, settings
-from tinyfaces_jax.detection import box_coder, template_matching, templates as templates_lib
+from tinyfaces_jax import settings
+from tinyfaces_jax.detection import box_coder
+from tinyfaces_jax.detectors.hr import loss as loss_lib, template_matching, templates as templates_lib
 from tinyfaces_jax.detectors.base import Detector
 from tinyfaces_jax.detectors.hr import model as hr
 
@@ -72,7 +73,7 @@ def build(model: dict, loss: dict) -> Detector:
   offset = model.pop("cell_offset", None)
   cfg = settings.dataclass_from(hr.HRConfig, model, "config.model", num_templates=len(tpl))
   offset = cell_offset(cfg.backbone) if offset is None else float(offset)
-  loss_cfg = settings.dataclass_from(losses.TinyFacesLossConfig, loss, "config.loss",
+  loss_cfg = settings.dataclass_from(loss_lib.TinyFacesLossConfig, loss, "config.loss",
                                      offset=offset)
   active_templates(tpl.sigma, 1.0, allscale, onescale)          # validates the ids
   boxes = jnp.asarray(tpl.boxes)
@@ -83,7 +84,7 @@ def build(model: dict, loss: dict) -> Detector:
     return images.astype(jnp.float32) - mean
 
   def loss_fn(outputs, batch, key):
-    return losses.tiny_faces_loss(outputs, batch, boxes, key, loss_cfg)
+    return loss_lib.tiny_faces_loss(outputs, batch, boxes, key, loss_cfg)
 
   def decode(outputs, image_hw, scale=1.0):
     cls = outputs["cls"]

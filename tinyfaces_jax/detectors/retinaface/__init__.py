@@ -4,7 +4,7 @@ matching and 7:1 OHEM. model.py: the network, presets, decoding; weights.py: the
 ONNX importers.
 
 Model section keys: `preset` (model.PRESETS) plus any RetinaFaceConfig field; loss section:
-losses.MultiboxLossConfig fields.
+multibox_loss.MultiboxLossConfig fields.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from tinyfaces_jax import losses, settings
-from tinyfaces_jax.detection import anchors as anchors_lib
+from tinyfaces_jax import settings
+from tinyfaces_jax.detection import anchors as anchors_lib, box_coder, multibox_loss
 from tinyfaces_jax.detectors.base import Detector
 from tinyfaces_jax.detectors.retinaface import model as model_lib, weights
 from tinyfaces_jax.detectors.retinaface.model import (MEAN_BGR, PRESETS, RetinaFace,
@@ -32,7 +32,7 @@ def build(model: dict, loss: dict) -> Detector:
                                f"known: {sorted(PRESETS)}")
   base = dataclasses.asdict(PRESETS[preset])
   cfg = settings.dataclass_from(RetinaFaceConfig, {**base, **model}, "config.model")
-  loss_cfg = settings.dataclass_from(losses.MultiboxLossConfig, loss, "config.loss")
+  loss_cfg = settings.dataclass_from(multibox_loss.MultiboxLossConfig, loss, "config.loss")
   spec = cfg.anchor_spec
   mean_bgr = jnp.asarray(MEAN_BGR, jnp.float32)
 
@@ -42,7 +42,7 @@ def build(model: dict, loss: dict) -> Detector:
   def loss_fn(outputs, batch, key=None):
     del key
     anchors = jnp.asarray(anchors_lib.anchor_grid(spec, tuple(batch["image"].shape[1:3])))
-    return losses.multibox_loss(outputs, batch, anchors, loss_cfg)
+    return multibox_loss.multibox_loss(outputs, batch, anchors, loss_cfg)
 
   def decode(outputs, image_hw, scale=1.0):
     del scale
@@ -62,5 +62,5 @@ def build(model: dict, loss: dict) -> Detector:
   return Detector(name="retinaface", model=RetinaFace(cfg), preprocess=preprocess,
                   loss=loss_fn, decode=decode, pad_value=tuple(float(v) for v in
                                                                MEAN_BGR[::-1]),
-                  landmark_flip=(1, 0, 2, 4, 3), import_weights=import_weights,
+                  landmark_flip=box_coder.FIVE_POINT_MIRROR, import_weights=import_weights,
                   import_backbone=import_backbone, backbone_scope="body")
