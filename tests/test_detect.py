@@ -1,4 +1,4 @@
-"""`python -m tinyfaces_jax.detect` on the real photos in ../shared/reference/images: the faces
+"""`python -m tinyfaces_jax.cli.detect` on the real photos in ../shared/reference/images: the faces
 an independent detector (the MTCNN reference outputs) finds are found, the outputs follow the
 documented layout, unreadable images are named and skipped, a training workdir loads, and
 images, outputs and weights may be URLs (ram://, the gs:// code path)."""
@@ -17,7 +17,8 @@ from PIL import Image
 
 import url_fs
 from configs import retinaface_mnet025, test as test_config
-from tinyfaces_jax import checkpointing, detect, sharding, train
+from tinyfaces_jax import checkpointing, sharding, train
+from tinyfaces_jax.cli import detect
 from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.detection import box_ops
 from url_fs import ram_dir  # noqa: F401  (fixture)
@@ -165,7 +166,7 @@ def test_url_images_and_output_dir(shared_dir, ram_dir, monkeypatch):
 @pytest.mark.slow
 def test_command_line(shared_dir, tmp_path):
   weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
-  proc = subprocess.run([sys.executable, "-m", "tinyfaces_jax.detect", f"--weights={weights}",
+  proc = subprocess.run([sys.executable, "-m", "tinyfaces_jax.cli.detect", f"--weights={weights}",
                          f"--output_dir={tmp_path}", "--scales=1,2", "--flip",
                          str(shared_dir / "reference/images/ivan.jpg")],
                         cwd=ROOT, capture_output=True, text=True, timeout=600)

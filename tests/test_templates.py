@@ -70,7 +70,7 @@ def test_cluster_filters_and_subsamples_deterministically():
 def test_cluster_templates_command(tmp_path):
   """The CLI clusters a WIDER-format file's faces into a .mat that the HR detector reads."""
   import scipy.io
-  from tinyfaces_jax import cluster_templates
+  from tinyfaces_jax.cli import cluster_templates
   rng = np.random.default_rng(0)
   lines = []
   for i in range(40):
@@ -97,7 +97,8 @@ def test_cluster_templates_command(tmp_path):
 def test_templates_from_and_to_a_url(shared_dir, tmp_path, ram_dir):
   """The released .mat read from a ram:// URL (the gs:// code path), the HR detector built on
   it, and the clustering CLI reading its annotations from and writing its .mat to URLs."""
-  from tinyfaces_jax import cluster_templates, detectors
+  from tinyfaces_jax import detectors
+  from tinyfaces_jax.cli import cluster_templates
   local = shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat"
   remote = url_fs.copy_tree(local, ram_dir / "tpl" / local.name)
   a, b = templates.load_templates(str(local)), templates.load_templates(str(remote))

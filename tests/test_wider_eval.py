@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import url_fs
-from tinyfaces_jax import evaluate as cli
+from tinyfaces_jax.cli import evaluate as cli
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 from tinyfaces_jax.evaluation.wider_io import PredictionFormatError, WiderGroundTruth
 from tests.reference.wider import evaluate_reference

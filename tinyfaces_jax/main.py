@@ -46,6 +46,11 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
+  from tinyfaces_jax import cli as cli_lib
+  return cli_lib.run(_main, argv, name="tinyfaces-train")
+
+
+def _main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MODE.value != "prepare" and not _WORKDIR.value:
@@ -75,5 +80,11 @@ def main(argv):
   checkpointing.exit_if_work_abandoned()  # after a preemption that left a compile running
 
 
+def cli() -> None:
+  """Console script `tinyfaces-train`."""
+  from tinyfaces_jax import cli as cli_lib
+  cli_lib.run_absl(main, "tinyfaces-train")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -66,7 +66,7 @@ def build(model: dict, loss: dict) -> Detector:
   if not path:
     raise settings.ConfigError("config.model.templates: the template file is required "
                                "(RefBox_N25_scaled.mat, or one made by "
-                               "`python -m tinyfaces_jax.cluster_templates`)")
+                               "`tinyfaces-cluster-templates`)")
   tpl = templates_lib.load_templates(path)  # a path (~ expanded) or a URL
   allscale = tuple(model.pop("allscale_templates", DEFAULT_ALLSCALE))
   onescale = tuple(model.pop("onescale_templates", DEFAULT_ONESCALE))

@@ -1,6 +1,6 @@
 """Re-cluster HR / Tiny Faces templates from a dataset's face boxes (custom data).
 
-  python -m tinyfaces_jax.cluster_templates --annotations=wider_face_train_bbx_gt.txt \
+  tinyfaces-cluster-templates --annotations=wider_face_train_bbx_gt.txt \
       --out=RefBox_N25.mat [--num=25] [--min_size=10] [--scaled]
 
 Reads a WIDER-format `*_bbx_gt.txt` (yours, or `<release>/wider_face_split/...`), keeps the
@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from tinyfaces_jax import cli as cli_lib
+
 
 def scale_templates(boxes: np.ndarray, big: float = 140.0, small: float = 40.0):
   """[T, 4] sigma-1 templates -> ([T, 4] resized, [T] sigma): height > big -> 0.5x at
@@ -33,7 +35,7 @@ def scale_templates(boxes: np.ndarray, big: float = 140.0, small: float = 40.0):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m tinyfaces_jax.cluster_templates",
+  p = argparse.ArgumentParser(prog="tinyfaces-cluster-templates",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--annotations", required=True, help="a WIDER-format *_bbx_gt.txt")
@@ -69,5 +71,10 @@ def main(argv=None) -> int:
   return 0
 
 
+def cli() -> None:
+  """Console script `tinyfaces-cluster-templates`."""
+  sys.exit(cli_lib.run(main, name="tinyfaces-cluster-templates"))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli()

@@ -1,6 +1,6 @@
 """WIDER FACE val evaluation CLI: APs (easy / medium / hard) and PR-curve figures.
 
-  python -m tinyfaces_jax.evaluate --pred_dir DIR --gt_dir DIR [--out_dir DIR]
+  tinyfaces-evaluate --pred_dir DIR --gt_dir DIR [--out_dir DIR]
       [--method_name NAME] [--baselines_dir DIR] [--version auto|current|2016] [--quiet]
 
 `--pred_dir` holds `<event>/<stem>.txt` files in the official submission layout; `--gt_dir` the
@@ -22,13 +22,13 @@ import sys
 import numpy as np
 import scipy.io
 
-from tinyfaces_jax import paths
+from tinyfaces_jax import cli as cli_lib, paths
 from tinyfaces_jax.evaluation import plots, wider, wider_io
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   """Command-line flags -> Namespace."""
-  p = argparse.ArgumentParser(prog="python -m tinyfaces_jax.evaluate", description=__doc__,
+  p = argparse.ArgumentParser(prog="tinyfaces-evaluate", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--pred_dir", required=True, help="predictions, <event>/<stem>.txt files")
   p.add_argument("--gt_dir", required=True, help="folder of the official ground-truth .mat")
@@ -81,5 +81,10 @@ def main(argv=None) -> int:
   return 0
 
 
+def cli() -> None:
+  """Console script `tinyfaces-evaluate`."""
+  sys.exit(cli_lib.run(main, name="tinyfaces-evaluate"))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  cli()

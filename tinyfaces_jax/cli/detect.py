@@ -1,6 +1,6 @@
-"""Face detection on image files: `python -m tinyfaces_jax.detect`.
+"""Face detection on image files: `tinyfaces-detect` (or `python -m tinyfaces_jax.cli.detect`).
 
-  python -m tinyfaces_jax.detect --config=configs/retinaface_mnet025.py \
+  tinyfaces-detect --config=configs/retinaface_mnet025.py \
       --weights=WEIGHTS --output_dir=DIR IMAGES_OR_DIRS... [--min_score=0.6]
       [--scales=0.5,1,2] [--flip] [--resize=none|fit|config] [--batch_size=1]
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import time
 from typing import Optional
 
@@ -40,7 +39,7 @@ from absl import app, flags, logging  # noqa: E402
 from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from tinyfaces_jax import paths  # noqa: E402
+from tinyfaces_jax import cli as cli_lib, paths  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -243,6 +242,10 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
 
 
 def main(argv):
+  return cli_lib.run(_detect, argv, name="tinyfaces-detect")
+
+
+def _detect(argv) -> int:
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if not flags.FLAGS["config"].present:  # a workdir's own config unless one is given
@@ -264,8 +267,13 @@ def main(argv):
     raise app.UsageError("give image files or folders after the flags")
   r = run(config, _WEIGHTS.value, _OUTPUT.value, argv[1:], min_score=_MIN_SCORE.value,
           batch_size=_BATCH.value, draw=_DRAW.value)
-  sys.exit(1 if r["failed"] else 0)
+  return 1 if r["failed"] else 0
+
+
+def cli() -> None:
+  """Console script `tinyfaces-detect`."""
+  cli_lib.run_absl(main, "tinyfaces-detect")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()
