@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from tinyfaces_jax import optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax.training import optim, sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import multibox_loss  # noqa: E402
 from tinyfaces_jax import detectors  # noqa: E402
 from tinyfaces_jax.data import embedded, pipeline, wider_annotations  # noqa: E402

@@ -52,9 +52,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import results_file  # noqa: E402
-from tinyfaces_jax import detectors, inference, optim  # noqa: E402
+from tinyfaces_jax import detectors, inference  # noqa: E402
+from tinyfaces_jax.training import optim  # noqa: E402
 from tinyfaces_jax.detectors import hr as hr_detector  # noqa: E402
-from tinyfaces_jax import sharding, train_step  # noqa: E402
+from tinyfaces_jax.training import sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
 from tinyfaces_jax.detectors.hr import templates as templates_lib  # noqa: E402
 from tinyfaces_jax.detectors.hr.model import TINY_RGB_MEAN, output_size  # noqa: E402

@@ -53,7 +53,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import results_file  # noqa: E402
-from tinyfaces_jax import detectors, optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax import detectors  # noqa: E402
+from tinyfaces_jax.training import optim, sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import multibox_loss  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, matching, sampling  # noqa: E402

@@ -49,7 +49,7 @@ def main() -> int:
   hosts.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
   import numpy as np
   from configs import test as test_config
-  from tinyfaces_jax import train
+  from tinyfaces_jax.training import train
   from tinyfaces_jax.data import pipeline
   pipeline.hide_gpus_from_tf()
 
@@ -96,7 +96,7 @@ def main() -> int:
   leaves = jax.tree.leaves(jax.device_get(result["state"].params))
   np.savez(args.result + ".npz", *[np.asarray(x) for x in leaves])
   print(f"[host {args.process_id}] done: {out}", flush=True)
-  from tinyfaces_jax import checkpointing
+  from tinyfaces_jax.training import checkpointing
   checkpointing.exit_if_work_abandoned()  # as main.py does
   return 0
 

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tinyfaces_jax import detectors, optim, sharding, train_step
-from tinyfaces_jax.train_state import TrainState
+from tinyfaces_jax import detectors
+from tinyfaces_jax.training import optim, sharding, train_step
+from tinyfaces_jax.training.train_state import TrainState
 
 HW, BATCH, SLOTS = 64, 8, 4
 OP = re.compile(r"stablehlo\.(convolution|dot_general)\b.*?: \((tensor<[^)]*)\) -> "

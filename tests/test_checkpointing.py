@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tinyfaces_jax import checkpointing, sharding
-from tinyfaces_jax.train_state import TrainState
+from tinyfaces_jax.training import checkpointing, sharding
+from tinyfaces_jax.training.train_state import TrainState
 
 
 def _facts(**over):

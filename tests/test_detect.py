@@ -17,7 +17,7 @@ from PIL import Image
 
 import url_fs
 from configs import retinaface_mnet025, test as test_config
-from tinyfaces_jax import checkpointing, sharding, train
+from tinyfaces_jax.training import checkpointing, sharding, train
 from tinyfaces_jax.cli import detect
 from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.detection import box_ops

@@ -220,7 +220,7 @@ def test_hr_trains_and_evaluates_end_to_end(tmp_path):
   """configs/hr_res101.py:backbone=mnet025,test through the training system on 8 devices:
   finite losses, checkpoints, a pyramid (0.5, 1, 2) evaluation with predictions written."""
   from configs import hr_res101
-  from tinyfaces_jax import train
+  from tinyfaces_jax.training import train
   c = hr_res101.get_config("backbone=mnet025,test")
   c.data.data_dir = str(tmp_path / "tfds")
   r = train.train_and_evaluate(c, str(tmp_path / "wd"))
@@ -234,7 +234,7 @@ def test_hr_trains_and_evaluates_end_to_end(tmp_path):
 def test_hr_step_8_devices_equals_1(shared_dir):
   """The HR loss draws its hard-mining subsets from the step key: the same draws, losses and
   labels whatever the sharding."""
-  from tinyfaces_jax import optim, sharding, train_step
+  from tinyfaces_jax.training import optim, sharding, train_step
   det = detectors.build_detector("hr", {"backbone": "mobilenet0.25", "templates": str(
       shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat")}, {})
   rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from tinyfaces_jax import optim
+from tinyfaces_jax.training import optim
 
 
 def test_schedules():

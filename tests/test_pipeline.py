@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from wider_fixture import write_wider_release
-from tinyfaces_jax import sharding
+from tinyfaces_jax.training import sharding
 from tinyfaces_jax.data import pipeline
 from tinyfaces_jax.data.wider_face import WiderFace
 

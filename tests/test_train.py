@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from tinyfaces_jax import detectors, optim, settings, sharding, train, train_step
+from tinyfaces_jax import detectors, settings
+from tinyfaces_jax.training import optim, sharding, train, train_step
 from url_fs import local_entries, ram_dir  # noqa: F401  (fixture)
 
 
@@ -178,7 +179,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_p
   import subprocess
   import sys
   import time
-  from tinyfaces_jax import checkpointing
+  from tinyfaces_jax.training import checkpointing
   _, full = uninterrupted
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from tinyfaces_jax import optim, sharding, train_step
+from tinyfaces_jax.training import optim, sharding, train_step
 from tinyfaces_jax.detection import multibox_loss
 from tinyfaces_jax.detection import anchors as anchors_lib
 

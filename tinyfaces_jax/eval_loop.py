@@ -1,4 +1,4 @@
-"""WIDER-protocol evaluation of a detector on a TFDS split (used by train.py and eval mode).
+"""WIDER-protocol evaluation of a detector on a TFDS split (used by training/train.py and eval mode).
 
 Every host runs the jitted predictor (inference.py) over its own share of the split, each image
 exactly once (pipeline.eval_dataset: test resize, size buckets, padded last batches), on its
@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tinyfaces_jax import hosts, inference, paths, sharding
+from tinyfaces_jax import hosts, inference, paths
+from tinyfaces_jax.training import sharding
 from tinyfaces_jax.detectors import Detector
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 

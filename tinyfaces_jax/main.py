@@ -16,7 +16,7 @@ Several hosts (a Cloud TPU pod slice, multi-node GPU), the same command on each:
 A preempted run (SIGTERM on any host) saves the step every host agrees on and exits 0;
 rerunning the command resumes.
 
-The library is importable from a notebook: `tinyfaces_jax.train.train_and_evaluate(config,
+The library is importable from a notebook: `tinyfaces_jax.training.train.train_and_evaluate(config,
 workdir)` is what this calls.
 """
 
@@ -60,7 +60,7 @@ def _main(argv) -> int:
   hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                    auto=_MULTIHOST.value)
   import jax
-  from tinyfaces_jax import train
+  from tinyfaces_jax.training import train
   from tinyfaces_jax.data import pipeline
   pipeline.hide_gpus_from_tf()
   if _MODE.value == "prepare":
@@ -70,7 +70,7 @@ def _main(argv) -> int:
             + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()) + ")",
             flush=True)
     return
-  from tinyfaces_jax import checkpointing
+  from tinyfaces_jax.training import checkpointing
   if _MODE.value == "eval":
     train.evaluate_only(_CONFIG.value, _WORKDIR.value)
   else:

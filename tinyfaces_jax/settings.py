@@ -1,6 +1,6 @@
 """Config sections -> small frozen dataclasses, with errors that name the typo.
 
-The ml_collections config is read once, at the top (train.py, detect.py); everything below it
+The ml_collections config is read once, at the top (training/train.py, cli/detect.py); everything below it
 takes these dataclasses or plain arguments. `dataclass_from(cls, values, where)` builds `cls`
 from a mapping (a ConfigDict section or a dict), refusing unknown keys with the closest known
 names, and turning lists into tuples so the result is hashable (usable as a jit static arg).

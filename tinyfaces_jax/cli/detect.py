@@ -109,7 +109,7 @@ def load_variables(spec, weights: str) -> tuple[dict, str]:
   {'params', 'batch_stats'}, description), with no optimizer: a file through the detector's
   importer, a workdir's checkpoint through `checkpointing.restore_variables`."""
   import jax
-  from tinyfaces_jax import checkpointing
+  from tinyfaces_jax.training import checkpointing
   from tinyfaces_jax.detectors import base
   det = spec.detector
   abstract = jax.eval_shape(lambda: det.init_variables((64, 64)))
@@ -177,7 +177,8 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   """
   import jax
   import numpy as np
-  from tinyfaces_jax import drawing, inference, train
+  from tinyfaces_jax import drawing, inference
+  from tinyfaces_jax.training import train
 
   spec = train.RunSpec.from_config(config)
   cfg = spec.inference

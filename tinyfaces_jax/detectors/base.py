@@ -2,7 +2,7 @@
 
 A `Detector` bundles a flax model with its input preprocessing, its loss (matching and OHEM
 inside, XLA, static shapes), its decoding to boxes in input pixels and its weight importers.
-The training loop (train.py), the inference core (inference.py) and the CLIs only talk to this
+The training loop (training/train.py), the inference core (inference.py) and the CLIs only talk to this
 interface; a family is the package `detectors/<name>/` whose `build(model, loss)` returns one
 (`detectors.build_detector` looks it up by module name).
 

@@ -33,7 +33,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from tinyfaces_jax import hosts, paths
-from tinyfaces_jax.train_state import TrainState
+from tinyfaces_jax.training.train_state import TrainState
 
 
 _ABANDONED: list[threading.Thread] = []  # worker threads a notice made us leave running

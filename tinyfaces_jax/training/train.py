@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import (checkpointing, detectors, eval_loop, hosts, inference, optim, paths,
-                           settings, sharding, train_step)
+from tinyfaces_jax import detectors, eval_loop, hosts, inference, paths, settings
+from tinyfaces_jax.training import checkpointing, optim, sharding, train_step
 from tinyfaces_jax.data import sources
 from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.evaluation import size_bins

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from tinyfaces_jax import sharding
-from tinyfaces_jax.train_state import TrainState
+from tinyfaces_jax.training import sharding
+from tinyfaces_jax.training.train_state import TrainState
 
 # (outputs, batch, key) -> (scalar loss, metrics); `key` drives in-loss sampling (OHEM draws).
 LossFn = Callable[[dict, dict, jax.Array], tuple[jnp.ndarray, dict]]
