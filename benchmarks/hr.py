@@ -112,11 +112,9 @@ def run_ours_train(det, batch: dict, steps: int, want_flops: bool) -> dict:
   b, size = batch["image"].shape[:2]
   sharding.check_batch_size(b, mesh)
   key = jax.random.PRNGKey(0)
-  shapes = jax.eval_shape(lambda: det.init_variables((size, size)))
-  tx = optim.make_optimizer(OPTIM, shapes["params"])
-  state = train_step.create_train_state(det.model, tx, (size, size, 3), key, mesh)
+  state = train_step.init_detector_state(det, OPTIM, (size, size), mesh)
   n_params, n_stats = tree_size(state.params), tree_size(state.batch_stats)
-  step = train_step.make_train_step(det.model, det.loss, mesh, preprocess=det.preprocess)
+  step = train_step.detector_train_step(det, mesh)
   gbatch = sharding.host_to_global(batch, mesh)
   flops = flops_of(jax.jit(step).lower(state, gbatch, key).compile()) if want_flops else None
   t0 = time.perf_counter()

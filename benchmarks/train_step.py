@@ -8,15 +8,15 @@ Configs (the reference recipes' input sizes): "mnet" = RetinaFace-MobileNet0.25 
 "r50" = RetinaFace-ResNet50 at 840x840. Per config, on synthetic batches (random RGB 0..255
 images; M = 64 ground-truth slots with about 10 random faces per image, landmarks for half):
   * ours: the step training runs (train.py): `detectors.build_detector("retinaface", ...)`,
-    `train_step.create_train_state` (float32 model) + `make_train_step(model, det.loss, mesh,
-    bf16=..., preprocess=det.preprocess)`: RGB -> BGR - mean inside the step, RetinaFace,
+    `train_step.init_detector_state` + `detector_train_step(det, mesh, bf16=...)` (the setup
+    train.py uses): RGB -> BGR - mean inside the step, RetinaFace,
     `multibox_loss.multibox_loss` (MultiboxLossConfig defaults: argmax matching at IoU 0.35, 7:1
     OHEM, landmarks; matching and OHEM run INSIDE the jitted step), SGD-momentum 0.9, lr
     1e-3, weight decay 5e-4 (`optim.make_optimizer`), on `sharding.make_mesh()` with the
     batch placed by `sharding.host_to_global`; compiled ahead of time (`step.lower(...)
     .compile()`, as train.py does), one warm-up step, then --steps timed steps.
     `--bf16`: the step's model is `det.with_dtype(jnp.bfloat16).model` and bf16=True (what
-    train.bf16 builds): convs / dots / activations in bfloat16; parameters, optimizer state,
+    train.bf16 builds, through detector_train_step): convs / dots / activations in bfloat16; parameters, optimizer state,
     loss, matching and box math float32;
   * peer: benchmarks/torch_retinaface_peer.py, the same network in PyTorch (CPU, threads =
     os.cpu_count(); `--bf16`: CPU autocast bf16) on the same images as BGR - mean:
@@ -122,11 +122,8 @@ def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool,
   b = batch["image"].shape[0]
   sharding.check_batch_size(b, mesh)
   key = jax.random.PRNGKey(0)
-  shapes = jax.eval_shape(lambda: det.init_variables((size, size)))
-  tx = optim.make_optimizer(OPTIM, shapes["params"])
-  state = train_step.create_train_state(det.model, tx, (size, size, 3), key, mesh)
-  step = train_step.make_train_step(train_det.model, det.loss, mesh, bf16=bf16,
-                                    preprocess=det.preprocess)
+  state = train_step.init_detector_state(det, OPTIM, (size, size), mesh)
+  step = train_step.detector_train_step(det, mesh, bf16=bf16)
   gbatch = sharding.host_to_global(batch, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, gbatch, key).compile()

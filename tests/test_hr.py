@@ -247,10 +247,9 @@ def test_hr_step_8_devices_equals_1(shared_dir):
   out = []
   for devices in (jax.devices(), jax.devices()[:1]):
     mesh = sharding.make_mesh(devices)
-    shapes = jax.eval_shape(lambda: det.init_variables((96, 96)))
-    tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2), shapes["params"])
-    state = train_step.create_train_state(det.model, tx, (96, 96, 3), jax.random.key(0), mesh)
-    step = train_step.make_train_step(det.model, det.loss, mesh, preprocess=det.preprocess)
+    state = train_step.init_detector_state(det, optim.OptimConfig(learning_rate=1e-2),
+                                           (96, 96), mesh)
+    step = train_step.detector_train_step(det, mesh)
     state, m = step(state, sharding.host_to_global(batch, mesh), jax.random.key(1))
     out.append({k: float(m[k]) for k in ("loss", "num_pos", "num_neg")})
   assert len(jax.devices()) == 8 and out[0]["num_neg"] > 0

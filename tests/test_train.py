@@ -139,10 +139,9 @@ def _retinaface_steps(devices, steps=2):
   """-> (variables after step 1 as numpy, losses of `steps` steps) of RetinaFace at 64 px."""
   det = detectors.build_detector("retinaface", {"preset": "mnet025"}, {})
   mesh = sharding.make_mesh(devices)
-  shapes = jax.eval_shape(lambda: det.init_variables((64, 64)))
-  tx = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2), shapes["params"])
-  state = train_step.create_train_state(det.model, tx, (64, 64, 3), jax.random.key(0), mesh)
-  step = train_step.make_train_step(det.model, det.loss, mesh, preprocess=det.preprocess)
+  state = train_step.init_detector_state(det, optim.OptimConfig(learning_rate=1e-2), (64, 64),
+                                         mesh)
+  step = train_step.detector_train_step(det, mesh)
   rng = np.random.default_rng(0)
   losses, after_first = [], None
   for _ in range(steps):

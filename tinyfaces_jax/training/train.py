@@ -33,7 +33,6 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tinyfaces_jax import detectors, eval_loop, hosts, inference, paths, settings
@@ -118,20 +117,11 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def optimizer_and_shape(spec: RunSpec):
-  """(optax chain, training image shape [S, S, 3]) of the configured run (the optimizer is
-  built from the parameter shapes only; no arrays are materialised)."""
-  s = spec.data.image_size
-  shapes = jax.eval_shape(lambda: spec.detector.init_variables((s, s)))
-  return optim.make_optimizer(spec.optim, shapes["params"]), (s, s, 3)
-
-
 def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
   """-> (state, start step, saved run facts): restored from the manager's checkpoints (the
   latest, or `step`), else initialised (+ the configured imported weights; facts {})."""
-  tx, shape = optimizer_and_shape(spec)
-  state = train_step.create_train_state(spec.detector.model, tx, shape,
-                                        jax.random.key(spec.seed), mesh)
+  s = spec.data.image_size
+  state = train_step.init_detector_state(spec.detector, spec.optim, (s, s), mesh, spec.seed)
   if manager.latest_step() is None and step is None:
     init = spec.init
     files = {"checkpoint": init.checkpoint, "backbone": init.backbone}
@@ -283,10 +273,8 @@ def train_and_evaluate(config, workdir, *,
          f"it: {change}")
   # bf16: the model computes in bfloat16 (params, optimizer state, loss and box math stay
   # float32); evaluation uses the float32 model on the same parameters.
-  train_model = (spec.detector.with_dtype(jnp.bfloat16) if tc.bf16 else spec.detector).model
-  step_fn = train_step.make_train_step(train_model, spec.detector.loss, mesh, bf16=tc.bf16,
-                                       preprocess=spec.detector.preprocess,
-                                       grad_accum_steps=tc.grad_accum_steps)
+  step_fn = train_step.detector_train_step(spec.detector, mesh, bf16=tc.bf16,
+                                           grad_accum_steps=tc.grad_accum_steps)
   lr_at = optim.learning_rate_schedule(spec.optim)
   evaluator = eval_loop.Evaluator(spec.detector, builder, spec.data.eval_split,
                                   spec.inference, spec.eval_loop, log=_log)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from tinyfaces_jax.training import sharding
+from tinyfaces_jax.training import optim, sharding
 from tinyfaces_jax.training.train_state import TrainState
 
 # (outputs, batch, key) -> (scalar loss, metrics); `key` drives in-loss sampling (OHEM draws).
@@ -52,6 +52,27 @@ def create_train_state(model, tx: optax.GradientTransformation, image_shape: tup
   opts = ({"xla_backend_optimization_level": 0}
           if mesh.devices.flat[0].platform == "cpu" else None)
   return jax.jit(init, out_shardings=out_shardings).lower(key).compile(opts)(key)
+
+
+def init_detector_state(detector, optim_config, image_hw: tuple[int, int], mesh: Mesh,
+                        seed: int = 0) -> TrainState:
+  """The replicated initial TrainState of a `detectors.base.Detector` as training builds it:
+  the optimizer of `optim_config` (optim.OptimConfig) built from the parameter shapes, then
+  `create_train_state` at a training image of `image_hw` [H, W] with `jax.random.key(seed)`."""
+  shapes = jax.eval_shape(lambda: detector.init_variables(tuple(image_hw)))
+  tx = optim.make_optimizer(optim_config, shapes["params"])
+  return create_train_state(detector.model, tx, tuple(image_hw) + (3,), jax.random.key(seed),
+                            mesh)
+
+
+def detector_train_step(detector, mesh: Mesh, *, bf16: bool = False, grad_accum_steps: int = 1,
+                        donate: bool = True) -> Callable:
+  """The jitted step of a `detectors.base.Detector` as training runs it: its preprocess inside
+  the step, its loss, and with `bf16` its model computing in bfloat16 (`with_dtype`; params,
+  optimizer state, loss and box math float32)."""
+  model = (detector.with_dtype(jnp.bfloat16) if bf16 else detector).model
+  return make_train_step(model, detector.loss, mesh, bf16=bf16, donate=donate,
+                         preprocess=detector.preprocess, grad_accum_steps=grad_accum_steps)
 
 
 def _micro_batches(batch: dict, k: int, n_dev: int) -> dict:
