@@ -1,9 +1,9 @@
 """Backbones in Flax (NHWC): MobileNetV1-0.25, ResNet-50/101/152 and VGG16.
 
   * `MobileNetV1`: Pytorch_Retinaface `models/net.py` MobileNetV1 (width 0.25: channels
-    8..256). Taps {"stage1": stride 8, 64 ch; "stage2": stride 16, 128 ch; "stage3":
-    stride 32, 256 ch}. Every conv is conv (no bias) + BatchNorm + activation; the activation
-    is LeakyReLU(0.1) in the original repo and ReLU in the "1MB" retrain.
+    8..256). Taps {"C3" (stage1): stride 8, 64 ch; "C4" (stage2): stride 16, 128 ch;
+    "C5" (stage3): stride 32, 256 ch}. Every conv is conv (no bias) + BatchNorm + activation;
+    the activation is LeakyReLU(0.1) in the original repo and ReLU in the "1MB" retrain.
   * `ResNet` (depth resnet50 / resnet101 / resnet152): torchvision layout (conv1/bn1/maxpool,
     layer1-4 of Bottleneck v1.5 with the stride on the 3x3 conv). Taps {"C3": layer2,
     stride 8, 512 ch; "C4": layer3, 1024 ch; "C5": layer4, 2048 ch}. Always ReLU.
@@ -50,11 +50,15 @@ MOBILENET_025_STAGES = {
 }
 
 
+# Every trunk names its taps by stride: C3 (8), C4 (16), C5 (32).
+MOBILENET_TAPS = {"stage1": "C3", "stage2": "C4", "stage3": "C5"}
+
+
 class MobileNetV1(nn.Module):
   """MobileNetV1-0.25 feature extractor (no classifier).
 
-  Input [B, H, W, 3] -> {"stage1": [B, H/8, W/8, 64], "stage2": [B, H/16, W/16, 128],
-  "stage3": [B, H/32, W/32, 256]} (sizes rounded up). Layer i of stage s is named
+  Input [B, H, W, 3] -> {"C3": [B, H/8, W/8, 64] (stage1), "C4": [B, H/16, W/16, 128]
+  (stage2), "C5": [B, H/32, W/32, 256] (stage3)} (sizes rounded up). Layer i of stage s is named
   f"{s}_{i}" (PyTorch `stage{s}.{i}`).
   """
   activation: str = "leaky_relu"
@@ -73,7 +77,7 @@ class MobileNetV1(nn.Module):
           x = conv_bn(features, 3, stride, name=name)(x, train)
         else:
           x = DepthwiseSeparable(features, stride, conv_bn=conv_bn, name=name)(x, train)
-      taps[stage] = x
+      taps[MOBILENET_TAPS[stage]] = x
     return taps
 
 
@@ -164,7 +168,7 @@ class VGG16(nn.Module):
     return taps
 
 
-BACKBONE_TAPS = {"mobilenet0.25": ("stage1", "stage2", "stage3"),
+BACKBONE_TAPS = {"mobilenet0.25": ("C3", "C4", "C5"),
                  **{name: ("C3", "C4", "C5") for name in RESNET_BLOCKS},
                  "vgg16": ("C3", "C4")}
 

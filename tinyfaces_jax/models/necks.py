@@ -1,13 +1,14 @@
-"""RetinaFace necks in Flax (NHWC): FPN and the SSH context module.
+"""RetinaFace necks in Flax (NHWC): FPN and the SSH-style ContextModule.
 
 As in Pytorch_Retinaface `models/net.py`:
   * `FPN`: per level a 1x1 ConvBN lateral ("output1..3", with activation); top-down, the
     coarser map is nearest-upsampled to the exact size of the finer one, added, and passed
     through a 3x3 ConvBN ("merge2" then "merge1", with activation). Output: 3 maps of
     `out_channels`, finest first.
-  * `SSH`: branches 3x3 (out/2 channels, no activation), "5x5" = two 3x3 (out/4), "7x7" =
-    three 3x3 sharing the first 5x5 conv (out/4); concatenated and passed through ReLU. The
-    inner convs ("conv5X5_1", "conv7X7_2") use the configured activation.
+  * `ContextModule` (Pytorch_Retinaface's `SSH`, named apart from the SSH detector): branches
+    3x3 (out/2 channels, no activation), "5x5" = two 3x3 (out/4), "7x7" = three 3x3 sharing
+    the first 5x5 conv (out/4); concatenated and passed through ReLU. The inner convs
+    ("conv5X5_1", "conv7X7_2") use the configured activation.
 The original picks LeakyReLU(0.1) in FPN/SSH when out_channels <= 64, else LeakyReLU(0) (=
 ReLU); the 1MB retrain uses ReLU everywhere. Here the activation is given explicitly.
 Both build their layers with `conv_bn` (a ConvBN constructor with the conv impl and compute
@@ -62,8 +63,8 @@ class FPN(nn.Module):
     return [o1, o2, o3]
 
 
-class SSH(nn.Module):
-  """SSH context module: [B, h, w, C] -> [B, h, w, out_channels] (out_channels % 4 == 0)."""
+class ContextModule(nn.Module):
+  """The SSH context module: [B, h, w, C] -> [B, h, w, out_channels] (out_channels % 4 == 0)."""
   out_channels: int = 64
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
@@ -72,7 +73,8 @@ class SSH(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if self.out_channels % 4:
-      raise ValueError(f"SSH out_channels must be a multiple of 4, got {self.out_channels}")
+      raise ValueError(f"ContextModule out_channels must be a multiple of 4, got "
+                       f"{self.out_channels}")
     q = self.out_channels // 4
     lin = self.conv_bn
     act = functools.partial(lin, activation=self.activation, negative_slope=self.negative_slope)

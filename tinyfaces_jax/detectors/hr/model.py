@@ -109,13 +109,11 @@ class HybridResolution(nn.Module):
     conv, conv_bn = layer_constructors(cfg.conv_impl, cfg.dtype, param_dtype=jnp.float32)
     if cfg.backbone == "mobilenet0.25":
       taps = MobileNetV1(cfg.activation, conv_bn=conv_bn, name="body")(x, train)
-      c3, c4 = taps["stage1"], taps["stage2"]
     elif cfg.backbone == "vgg16":
       taps = VGG16(conv=conv, name="body")(x, train)
-      c3, c4 = taps["C3"], taps["C4"]
     else:
       taps = ResNet(depth=cfg.backbone, last_layer=3, conv_bn=conv_bn, name="body")(x, train)
-      c3, c4 = taps["C3"], taps["C4"]
+    c3, c4 = taps["C3"], taps["C4"]  # strides 8 and 16 (every trunk names its taps so)
     n = 5 * cfg.num_templates
     score = functools.partial(conv, n, 1, use_bias=True,
                               kernel_init=nn.initializers.zeros)  # as released

@@ -28,7 +28,7 @@ from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.detection import box_coder, nms as nms_lib
 from tinyfaces_jax.models.backbones import BACKBONE_TAPS, make_backbone
 from tinyfaces_jax.models.layers import layer_constructors
-from tinyfaces_jax.models.necks import FPN, SSH
+from tinyfaces_jax.models.necks import FPN, ContextModule
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 
@@ -108,7 +108,7 @@ class RetinaFace(nn.Module):
       raise ValueError(f"RetinaFace needs a 3-level anchor spec, got {cfg.anchors!r}")
     outs = {"loc": [], "conf": [], "landm": []}
     for lvl, (p, k) in enumerate(zip(pyramid, per_cell)):
-      p = SSH(cfg.out_channel, name=f"ssh{lvl + 1}", **kw)(p, train)
+      p = ContextModule(cfg.out_channel, name=f"ssh{lvl + 1}", **kw)(p, train)
       b = p.shape[0]
       for key, head, n in (("conf", "ClassHead", 2), ("loc", "BboxHead", 4),
                            ("landm", "LandmarkHead", 10)):
