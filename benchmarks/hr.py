@@ -28,7 +28,8 @@ Our detector is built as the training system builds it: `detectors.build_detecto
 Prints ours, the peer and ours / peer per measurement (medians; pyramid runs interleaved). With
 --results, writes a JSON naming the device (no value: benchmarks/results/hr_<platform>.json).
 FLOPs: XLA cost_analysis of the compiled functions (the train step's on GPU or with --flops),
-MFU = FLOPs / time / (--peak_tflops x devices). No TensorFlow anywhere in the import chain (runs
+one device's share of a partitioned program, so MFU = FLOPs / time / --peak_tflops (the
+per-device peak). No TensorFlow anywhere in the import chain (runs
 on an image with only jax/flax/optax/orbax; the peer is skipped when torch is not importable).
 CPU timings on a shared machine are noisy: quote numbers from a quiet machine (torch's OpenMP
 threads suffer most from other jobs on the cores: try --peer_threads 1 there).
@@ -93,12 +94,6 @@ def tree_size(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def flops_of(compiled) -> float | None:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", 0.0)) or None
-
-
 def ready(tree):
   return jax.device_get(jax.block_until_ready(tree))
 
@@ -116,7 +111,8 @@ def run_ours_train(det, batch: dict, steps: int, want_flops: bool) -> dict:
   n_params, n_stats = tree_size(state.params), tree_size(state.batch_stats)
   step = train_step.detector_train_step(det, mesh)
   gbatch = sharding.host_to_global(batch, mesh)
-  flops = flops_of(jax.jit(step).lower(state, gbatch, key).compile()) if want_flops else None
+  flops = (results_file.flops_per_device(step.lower(state, gbatch, key).compile())
+           if want_flops else None)
   t0 = time.perf_counter()
   state, metrics = step(state, gbatch, key)   # traces and compiles
   jax.block_until_ready(metrics)
@@ -167,10 +163,10 @@ def bench_train(a, det, platform: str, run_torch: bool) -> dict:
         f"positives drawn of {ours['num_pos_labelled']:.0f} labelled)", flush=True)
   if ours["flops_per_step"]:
     tf_s = ours["achieved_tflops"] = ours["flops_per_step"] / ours["step_s"] / 1e12
-    ours["mfu"] = tf_s / (a.peak_tflops * jax.device_count())
-    print(f"  ours: {ours['flops_per_step'] / 1e9:.1f} GFLOP/step (XLA cost_analysis), "
-          f"{tf_s:.3f} TFLOP/s, MFU {100 * ours['mfu']:.3g}% of {a.peak_tflops:g} TFLOP/s x "
-          f"{jax.device_count()}")
+    ours["mfu"] = tf_s / a.peak_tflops
+    print(f"  ours: {ours['flops_per_step'] / 1e9:.1f} GFLOP/step per device (XLA "
+          f"cost_analysis), {tf_s:.3f} TFLOP/s per device, MFU {100 * ours['mfu']:.3g}% of "
+          f"{a.peak_tflops:g} TFLOP/s per device")
   print(f"  parameters: ours {ours['params']:,} params + {ours['batch_stats']:,} BN stats")
   if run_torch:
     peer = row["peer"] = run_peer_train(a.backbone, batch, a.steps, nt)
@@ -276,7 +272,7 @@ def bench_pyramid(a, det, platform: str, run_torch: bool) -> dict:
   variables, fwd = pyramid_variables(det, x, active[1.0])
   t0 = time.perf_counter()
   compiled = inference.make_predict_fn(det, INFER).lower(variables, x).compile()
-  compile_s, flops = time.perf_counter() - t0, flops_of(compiled)
+  compile_s, flops = time.perf_counter() - t0, results_file.flops_per_device(compiled)
   t0 = time.perf_counter()
   res = ready(compiled(variables, x))
   first_s = time.perf_counter() - t0

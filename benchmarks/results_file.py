@@ -1,4 +1,5 @@
-"""The `--results` JSON of the benchmarks: the numbers plus the device that produced them."""
+"""What the benchmarks share: the `--results` JSON (the numbers plus the device that produced
+them), the peer status line, and XLA's FLOPs of a compiled program."""
 
 from __future__ import annotations
 
@@ -37,3 +38,11 @@ def report_peer(no_peer: bool, no_torch, description: str) -> bool:
     return False
   print(f"peer: {description}")
   return True
+
+
+def flops_per_device(compiled) -> float | None:
+  """XLA's FLOPs of a compiled program, or None. For a program partitioned over a mesh this
+  is ONE device's share (cost_analysis is per device): MFU = it / time / per-device peak."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0)) or None

@@ -16,8 +16,8 @@ images; M = 64 ground-truth slots with about 10 random faces per image, landmark
     batch placed by `sharding.host_to_global`; compiled ahead of time (`step.lower(...)
     .compile()`, as train.py does), one warm-up step, then --steps timed steps.
     `--bf16`: the step's model is `det.with_dtype(jnp.bfloat16).model` and bf16=True (what
-    train.bf16 builds, through detector_train_step): convs / dots / activations in bfloat16; parameters, optimizer state,
-    loss, matching and box math float32;
+    train.bf16 builds, through detector_train_step): convs / dots / activations in bfloat16;
+    parameters, optimizer state, loss, matching and box math float32;
   * peer: benchmarks/torch_retinaface_peer.py, the same network in PyTorch (CPU, threads =
     os.cpu_count(); `--bf16`: CPU autocast bf16) on the same images as BGR - mean:
     forward + backward + torch.optim.SGD step, the same loss on targets PRECOMPUTED once with
@@ -104,13 +104,6 @@ def precomputed_targets(batch: dict, anchors: np.ndarray, seed: int = 0) -> dict
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def flops_per_device(compiled) -> float | None:
-  """XLA's FLOPs of one device's share of a compiled (partitioned) program, or None."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", 0.0)) or None
-
-
 def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool,
              conv_impl: str = "auto") -> dict:
   """The library's train step on the mesh, as train.py builds and runs it -> dict(
@@ -128,7 +121,7 @@ def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool,
   t0 = time.perf_counter()
   compiled = step.lower(state, gbatch, key).compile()
   compile_s = time.perf_counter() - t0
-  flops = flops_per_device(compiled)
+  flops = results_file.flops_per_device(compiled)
   t0 = time.perf_counter()
   state, metrics = compiled(state, gbatch, key)   # warm-up
   jax.block_until_ready(metrics)

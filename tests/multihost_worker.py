@@ -45,7 +45,7 @@ def main() -> int:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import jax
   jax.config.update("jax_num_cpu_devices", 4)
-  from tinyfaces_jax import hosts
+  from tinyfaces_jax.training import hosts
   hosts.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
   import numpy as np
   from configs import test as test_config

@@ -1,6 +1,6 @@
 """End-to-end check of the detection core: an oracle head must recover every face."""
 
-from tinyfaces_jax import core_demo
+from tinyfaces_jax.cli import core_demo
 
 
 def test_oracle_recovers_every_face(tmp_path):

@@ -4,7 +4,8 @@ cross-host all-gather), and the eval section split into inference + loop setting
 import numpy as np
 import pytest
 
-from tinyfaces_jax import eval_loop, settings
+from tinyfaces_jax import settings
+from tinyfaces_jax.training import eval_loop
 
 
 def test_allgather_merges_every_hosts_detections(monkeypatch):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tinyfaces_jax import hosts
+from tinyfaces_jax.training import hosts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

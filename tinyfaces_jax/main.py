@@ -56,7 +56,7 @@ def _main(argv) -> int:
   if _MODE.value != "prepare" and not _WORKDIR.value:
     raise app.UsageError("--workdir is required (a local folder or a URL such as gs://b/run)")
   logging.set_verbosity(logging.WARNING)  # orbax is chatty
-  from tinyfaces_jax import hosts  # imports jax: after the flags, so env settings apply
+  from tinyfaces_jax.training import hosts  # imports jax: after the flags, so env settings apply
   hosts.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                    auto=_MULTIHOST.value)
   import jax

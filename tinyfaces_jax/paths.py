@@ -29,7 +29,7 @@ def resolve(path: PathLike) -> epath.Path:
   s = os.fspath(path)
   if is_url(s):
     return epath.Path(s)
-  return epath.Path(os.path.abspath(os.path.expanduser(s)))
+  return epath.Path(s).expanduser().absolute()
 
 
 def local_file(path: PathLike, what: str) -> str:
@@ -38,4 +38,4 @@ def local_file(path: PathLike, what: str) -> str:
   if is_url(path):
     raise ValueError(f"{what} must be a local path (this reader cannot use URLs), got "
                      f"{os.fspath(path)!r}")
-  return os.path.abspath(os.path.expanduser(os.fspath(path)))
+  return os.fspath(epath.Path(os.fspath(path)).expanduser().absolute())

@@ -1,6 +1,7 @@
 """Command-line tools, each `python -m tinyfaces_jax.cli.<name>` and a console script
 (pyproject.toml): detect (tinyfaces-detect), evaluate (WIDER, tinyfaces-evaluate),
-evaluate_fddb (tinyfaces-evaluate-fddb), cluster_templates (tinyfaces-cluster-templates); the
+evaluate_fddb (tinyfaces-evaluate-fddb), cluster_templates (tinyfaces-cluster-templates),
+core_demo (`python -m tinyfaces_jax.cli.core_demo`); the
 training entry point is tinyfaces_jax.main (tinyfaces-train).
 
 `run(main, argv)` is how every tool starts: a user error (a bad file named with its line, an
@@ -21,7 +22,7 @@ def user_errors() -> tuple:
   weights that do not fit), OSError (FileNotFoundError naming the path), UnpicklingError (a
   corrupt checkpoint) and HostsDisagree for what a user gave it."""
   import pickle
-  from tinyfaces_jax import hosts
+  from tinyfaces_jax.training import hosts
   return (ValueError, OSError, pickle.UnpicklingError, hosts.HostsDisagree)
 
 

@@ -177,7 +177,8 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   """
   import jax
   import numpy as np
-  from tinyfaces_jax import drawing, inference
+  from tinyfaces_jax import inference
+  from tinyfaces_jax.evaluation import drawing
   from tinyfaces_jax.training import train
 
   spec = train.RunSpec.from_config(config)

@@ -10,4 +10,6 @@
   checkpointing.py  orbax checkpoints, run facts, agreed preemption, restore_variables
                     (model weights without an optimizer)
   sharding.py       topology-aware mesh, batch placement, device prefetch
+  hosts.py          multi-process start-up, agreement checks, host-0-first, preemption notice
+  eval_loop.py      WIDER-protocol evaluation of a split on every host (periodic and eval mode)
 """

@@ -32,7 +32,8 @@ from typing import Any, Callable, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from tinyfaces_jax import hosts, paths
+from tinyfaces_jax import paths
+from tinyfaces_jax.training import hosts
 from tinyfaces_jax.training.train_state import TrainState
 
 

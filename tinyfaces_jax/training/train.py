@@ -35,7 +35,8 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from tinyfaces_jax import detectors, eval_loop, hosts, inference, paths, settings
+from tinyfaces_jax import detectors, inference, paths, settings
+from tinyfaces_jax.training import eval_loop, hosts
 from tinyfaces_jax.training import checkpointing, optim, sharding, train_step
 from tinyfaces_jax.data import sources
 from tinyfaces_jax.detectors import base as detector_base

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyfaces_jax import drawing
+from tinyfaces_jax.evaluation import drawing
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.detection import box_coder, box_ops, matching, nms, sampling
 

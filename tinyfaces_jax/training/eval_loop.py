@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from tinyfaces_jax import hosts, inference, paths
+from tinyfaces_jax import inference, paths
+from tinyfaces_jax.training import hosts
 from tinyfaces_jax.training import sharding
 from tinyfaces_jax.detectors import Detector
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
