@@ -31,8 +31,10 @@ import tensorflow_datasets as tfds  # noqa: E402
 from tinyfaces_jax.training import optim, sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import multibox_loss  # noqa: E402
 from tinyfaces_jax import detectors  # noqa: E402
-from tinyfaces_jax.data import embedded, pipeline, wider_annotations  # noqa: E402
-from tinyfaces_jax.data.wider_face import WiderFace  # noqa: E402
+from tinyfaces_jax.data import pipeline  # noqa: E402
+from tinyfaces_jax.data.embedded import build as embedded  # noqa: E402
+from tinyfaces_jax.data.wider import annotations as wider_annotations  # noqa: E402
+from tinyfaces_jax.data.wider.builder import WiderFace  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, nms  # noqa: E402
 from tinyfaces_jax.evaluation import wider, wider_io  # noqa: E402

@@ -121,14 +121,31 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.pixel_offset = 1.0
   c.eval.bucket = 128
   c.eval.max_branch_size = 0            # skip test scales whose input side exceeds it (0: none)
-  c.eval.gt_dir = ""                    # official ground-truth .mat folder; "" = from the split
-  c.eval.baselines_dir = ""             # official PR curves to plot beside ours
-  c.eval.max_images = 0                 # 0 = the whole split
+  c.eval.max_images = 0                 # 0 = every image of each evaluator's set
+  # Evaluators by type (evaluation/evaluators.py): {name: {type, options}}; the name names the
+  # output folder eval/step_<k>/<name>/ and the scalars <name>/<scalar>.
+  c.eval.evaluators = ml_collections.ConfigDict()
+  c.eval.evaluators.wider = ml_collections.ConfigDict()
+  c.eval.evaluators.wider.type = "wider"
+  c.eval.evaluators.wider.gt_dir = ""         # official ground-truth .mat folder; "" = the split's
+  c.eval.evaluators.wider.baselines_dir = ""  # official PR curves to plot beside ours
+  c.eval.evaluators.wider.split = ""          # "" = data.eval_split
 
   c.init = ml_collections.ConfigDict()
   c.init.backbone = ""                  # ImageNet backbone checkpoint
   c.init.checkpoint = ""                # whole-model checkpoint (.pth / .onnx)
   c.init.require = True                 # a missing file is an error (False: warn, random init)
+  return c
+
+
+def add_fddb(c: ml_collections.ConfigDict, root: str) -> ml_collections.ConfigDict:
+  """Adds the FDDB evaluator (the `fddb=DIR` config argument): DIR holds the official
+  `originalPics/` and `FDDB-folds/` (paths or URLs)."""
+  if root:
+    root = root.rstrip("/")
+    c.eval.evaluators.fddb = ml_collections.ConfigDict(
+        {"type": "fddb", "images_dir": f"{root}/originalPics", "folds_dir": f"{root}/FDDB-folds",
+         "folds": "1-10"})
   return c
 
 

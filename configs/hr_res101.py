@@ -23,6 +23,7 @@ Arguments (`hr_res101.py:arg,...`):
               weights when backbone=mnet025.
   modern      a modern schedule: lr 0.01, 1,000-step warm-up, cosine decay.
   test        a tiny shrink for the tests.   steps=N: the schedule scaled to N steps.
+  fddb=DIR    also evaluate on FDDB (DIR holds originalPics/ and FDDB-folds/).
 Sweeps (`get_sweep`, run with launch/sweep.py): "resolution", "templates", "context".
 """
 
@@ -40,7 +41,7 @@ BACKBONES = {"res101": "resnet101", "res50": "resnet50", "vgg16": "vgg16",
 
 def get_config(arg=None):
   a = common.parse_arg(arg, backbone="res101", embedded=False, modern=False, test=False,
-                       steps=0)
+                       steps=0, fddb="")
   if a.backbone not in BACKBONES:
     raise ValueError(f"hr_res101.py: backbone={a.backbone!r}; known: {sorted(BACKBONES)}")
   c = common.get_config()
@@ -108,6 +109,7 @@ def get_config(arg=None):
     c.data.image_size = 128
     c.eval.scales = (0.5, 1.0, 2.0)
     c.eval.max_branch_size = 200
+  common.add_fddb(c, a.fddb)
   if a.steps:
     common.set_num_steps(c, a.steps)
   return c

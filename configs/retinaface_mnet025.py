@@ -18,6 +18,7 @@ Arguments (`retinaface_mnet025.py:arg,...`):
               job: ~10 minutes on 2 cores) from the ImageNet backbone.
   test        a tiny shrink for the tests.
   steps=N     override the number of train steps (keeps the schedule's proportions).
+  fddb=DIR    also evaluate on FDDB (DIR holds originalPics/ and FDDB-folds/).
   preset=P    mnet025 (LeakyReLU 0.1, default) or mnet025_1mb (ReLU, anchors 10..256).
 """
 
@@ -29,7 +30,7 @@ STEPS_PER_EPOCH = 12880 // 32
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, embedded=False, test=False, steps=0, preset="mnet025")
+  a = common.parse_arg(arg, embedded=False, test=False, steps=0, preset="mnet025", fddb="")
   c = common.get_config()
   c.detector = "retinaface"
   c.model.preset = a.preset
@@ -79,6 +80,7 @@ def get_config(arg=None):
     c.init.require = False
   if a.test:
     common.shrink_for_tests(c)
+  common.add_fddb(c, a.fddb)
   if a.steps:
     common.set_num_steps(c, a.steps)
   return c

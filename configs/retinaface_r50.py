@@ -9,7 +9,8 @@ ReLU, the same anchors, matching, OHEM and loss as MobileNet0.25, starting from 
 ResNet-50 (a torchvision `resnet50` state dict; none ships offline, so `init.backbone` is
 yours to give). Published WIDER val AP: 95.5 / 94.0 / 84.4 (easy / medium / hard).
 
-Arguments: `test` (tiny shrink), `steps=N`, `embedded` (the embedded dataset, random init).
+Arguments: `test` (tiny shrink), `steps=N`, `embedded` (the embedded dataset, random init),
+`fddb=DIR` (also evaluate on FDDB: DIR holds originalPics/ and FDDB-folds/).
 """
 
 from configs import common
@@ -19,7 +20,7 @@ STEPS_PER_EPOCH = 12880 // 24
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, embedded=False, test=False, steps=0)
+  a = common.parse_arg(arg, embedded=False, test=False, steps=0, fddb="")
   c = retinaface_mnet025.get_config(
       ",".join(k for k in ("embedded", "test") if a[k]) or None)
   c.model.preset = "resnet50"
@@ -31,6 +32,7 @@ def get_config(arg=None):
     c.train.eval_every = 10 * STEPS_PER_EPOCH
     c.optim.decay_steps = (70 * STEPS_PER_EPOCH, 90 * STEPS_PER_EPOCH)
   c.init.backbone = ""
+  common.add_fddb(c, a.fddb)
   if a.steps:
     common.set_num_steps(c, a.steps)
   return c

@@ -14,7 +14,7 @@ SLURM's variables). `#SBATCH --signal=TERM@<signal_s>` sends SIGTERM to the task
 time limit: every host saves the same step and exits 0. --requeue adds `#SBATCH --requeue`
 (preemptible partitions: the scheduler requeues the job, which resumes from the same workdir)
 and, with --num_steps (or --done_path), requeues the job itself after a time-limit stop until
-`<workdir>/eval/step_<num_steps>/aps.json` (the final evaluation) exists. --dry_run prints the
+`<workdir>/eval/step_<num_steps>/summary.json` (the final evaluation) exists. --dry_run prints the
 script and the sbatch command; otherwise the script is written to --script and submitted.
 """
 
@@ -45,10 +45,10 @@ def main_argv(a, mode: str | None = None) -> list:
 
 
 def done_path(a) -> str | None:
-  """What exists once the run is finished (the final evaluation's aps.json), if known."""
+  """What exists once the run is finished (the final evaluation's summary.json), if known."""
   if a.done_path or not a.num_steps:
     return a.done_path
-  return f"{_abs(a.workdir).rstrip('/')}/eval/step_{a.num_steps}/aps.json"
+  return f"{_abs(a.workdir).rstrip('/')}/eval/step_{a.num_steps}/summary.json"
 
 
 def check(a) -> None:
@@ -138,7 +138,7 @@ def parse_args(argv):
   p.add_argument("--requeue", action="store_true", help="preemptible partitions: requeue")
   p.add_argument("--signal_s", type=int, default=300, help="SIGTERM this early (0: none)")
   p.add_argument("--num_steps", type=int, default=None, help="train.num_steps (for --requeue)")
-  p.add_argument("--done_path", default=None, help="default: <workdir>/eval/step_<N>/aps.json")
+  p.add_argument("--done_path", default=None, help="default: <workdir>/eval/step_<N>/summary.json")
   p.add_argument("--env", action="append", default=[], help="KEY=VALUE for every task")
   p.add_argument("--script", default=None, help="where to write it (default: <job_name>.sbatch)")
   p.add_argument("--dry_run", action="store_true", help="print script and command, submit none")

@@ -173,13 +173,13 @@ def logs_commands(a) -> list:
 
 
 def done_path(a) -> str:
-  """What exists once the run is finished: the final evaluation's aps.json."""
+  """What exists once the run is finished: the final evaluation's summary.json."""
   given = [x.partition("=")[2] for x in a.extra if x.startswith("--config.train.num_steps=")]
   steps = a.num_steps or (int(given[-1]) if given and given[-1].isdigit() else None)
   if not (steps or a.done_path):
     raise LaunchError("watch needs --num_steps (the config's train.num_steps) or --done_path "
                       "to know when the run is finished")
-  return a.done_path or f"{a.workdir.rstrip('/')}/eval/step_{steps}/aps.json"
+  return a.done_path or f"{a.workdir.rstrip('/')}/eval/step_{steps}/summary.json"
 
 
 def decide(state: str, worker: str, done: bool, restarts: int, max_restarts: int) -> str:
@@ -343,7 +343,7 @@ FLAGS = [  # (subcommands, flag, argparse keywords)
     ("setup resubmit watch", "--python", dict(default="python3.11", help="workers' Python")),
     ("watch", "--max_restarts", dict(type=int, default=10)),
     ("watch", "--num_steps", dict(type=int, default=None, help="the config's train.num_steps")),
-    ("watch", "--done_path", dict(default=None, help="<workdir>/eval/step_<N>/aps.json")),
+    ("watch", "--done_path", dict(default=None, help="<workdir>/eval/step_<N>/summary.json")),
     ("logs", "--out_dir", dict(default=None, help="default: tinyfaces_logs/<name>")),
     ("logs", "--tail", dict(type=int, default=0, help="print the last N lines instead")),
 ]

@@ -1,4 +1,8 @@
-"""Test setup: 8 virtual CPU devices (set before jax is imported) and a quiet TensorFlow."""
+"""Test setup: 8 virtual CPU devices (set before jax is imported) and a quiet TensorFlow.
+
+tests/ mirrors the packages (tests/<package>/test_*.py); tests/reference/ holds the numpy
+statements of the reference semantics and tests/support/ the fixtures' helpers (generated
+WIDER releases, the ram:// filesystem), both imported as `tests.<name>`."""
 
 import os
 import pathlib
@@ -12,6 +16,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+from tests.support.url_fs import ram_dir  # noqa: E402,F401  (a fixture for every test)
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
 

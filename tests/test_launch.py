@@ -141,7 +141,7 @@ def _verbs(cmds: list) -> list:
 
 def test_watch_dry_run_polls_then_resubmits_in_order(capsys):
   cmds = dry(capsys, "watch", *NEW, *MAIN, "--config.train.num_steps=500")
-  assert cmds[0] == ["gcloud", "storage", "ls", "gs://bkt/runs/mnet/eval/step_500/aps.json"]
+  assert cmds[0] == ["gcloud", "storage", "ls", "gs://bkt/runs/mnet/eval/step_500/summary.json"]
   assert _verbs(cmds) == ["gcloud storage", "qr describe", "describe", "ssh 0",  # the poll
                           "qr delete", "qr create", "qr describe", "git", "scp", "ssh all",
                           "ssh all"]
@@ -209,7 +209,7 @@ def test_watch_loop_recreates_a_preempted_slice_then_stops_when_done(capsys):
   assert _verbs(run.ran) == ["qr delete", "qr create", "git", "scp", "ssh all", "ssh all"]
   out = capsys.readouterr().out
   assert "SUSPENDED, training unknown -> recreate" in out and "PROVISIONING" in out
-  assert "finished: gs://bkt/runs/mnet/eval/step_9/aps.json exists" in out
+  assert "finished: gs://bkt/runs/mnet/eval/step_9/summary.json exists" in out
 
 
 def test_watch_loop_sets_up_a_fresh_node_and_stops_on_a_failed_training(capsys):
@@ -247,7 +247,7 @@ def test_slurm_dry_run_script(capsys):
           "--mode=prepare --config=configs/retinaface_r50.py") in out
   assert ("python -m tinyfaces_jax.main --config=configs/retinaface_r50.py "
           "--workdir=gs://bkt/runs/r50 --multihost --config.train.batch_size=64\n") in out
-  assert "gs://bkt/runs/r50/eval/step_100/aps.json" in out and "scontrol requeue" in out
+  assert "gs://bkt/runs/r50/eval/step_100/summary.json" in out and "scontrol requeue" in out
   assert out.rstrip().endswith("sbatch tinyfaces.sbatch")
   assert out.index("--mode=prepare") < out.index("srun --kill-on-bad-exit=1")
 

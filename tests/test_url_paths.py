@@ -5,9 +5,8 @@ see url_fs.py). Each test also checks that nothing appeared on the local disk.""
 import numpy as np
 import pytest
 
-import url_fs
+from tests.support import url_fs
 from tinyfaces_jax.evaluation import fddb
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
 
 def test_fddb_files_on_a_url(shared_dir, ram_dir):

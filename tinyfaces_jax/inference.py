@@ -1,20 +1,24 @@
 """Inference shared by every detector: test-time resize, scales, flip, batched XLA NMS.
 
 `make_predict_fn(detector, cfg)` returns one jitted function
-    predict(variables, images [B, H, W, 3] float32 RGB 0..255) -> dict of [B, K, ...]
+    predict(variables, images [B, H, W, 3] float32 RGB 0..255, image_hw=None) -> dict of [B, K, ...]
 that runs the model at each test scale (relative to the given images; `jax.image.resize`
 inside the jit), optionally on the mirrored images too, maps every branch's boxes (and
 landmarks, with left/right swapped under the flip) back to the pixels of `images`, keeps each
 branch's `pre_nms_top_k` best, and runs one greedy NMS over all of them. jit compiles once per
 input shape, so callers pad images to size buckets (`bucket_hw`, `pad_to`) to get one compile
-per bucket, not per image. With one scale and no flip this is exactly the reference
+per bucket, not per image; `image_hw` [B, 2] int32 (optional) is each image's size inside
+its padding, which this predictor does not need (padding is the detector's mean) but a
+family's own one may (a cascade's pyramid). With one scale and no flip this is exactly the reference
 post-processing (threshold, top-k, NMS, keep-top-k).
 
 Output (K = max_output, in descending score order, padded with valid=False):
   boxes [B, K, 4] xyxy, scores [B, K], landmarks [B, K, P, 2] (when the detector has them),
   valid [B, K].
 Host helpers map one image's detections to original pixels (`to_original`) and choose the
-base scale of an image (`base_scale`, the WIDER test-resize policies).
+base scale of an image (`base_scale`, the WIDER test-resize policies). A family with its own
+prediction (a cascade: `Detector.make_predict`) is served by `make_predict_fn` too, with the
+same output contract, so evaluation, detect and export do not tell the difference.
 """
 
 from __future__ import annotations
@@ -119,7 +123,10 @@ def _flip_back(boxes, landmarks, width: float, perm):
 
 
 def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
-  """The jitted `predict(variables, images) -> dict` described in the module docstring."""
+  """The jitted `predict(variables, images) -> dict` described in the module docstring, or
+  the family's own (`detector.make_predict(cfg)`, e.g. a cascade) with the same contract."""
+  if detector.make_predict is not None:
+    return detector.make_predict(cfg)
 
   def branch(variables, images, scale: float, flip: bool):
     b, h, w, _ = images.shape
@@ -148,7 +155,8 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
     return out or [(1.0, f) for f in flips]
 
   @jax.jit
-  def predict(variables, images):
+  def predict(variables, images, image_hw=None):
+    del image_hw  # see the module docstring
     parts = [branch(variables, images, s, f) for s, f in branches_for(*images.shape[1:3])]
     if len(parts) == 1:
       boxes, scores, landmarks = parts[0]
@@ -190,10 +198,3 @@ def to_original(det: dict, index: int, scale: float) -> dict:
   if "landmarks" in det:
     out["landmarks"] = np.asarray(det["landmarks"][index])[v] / scale
   return out
-
-
-def wider_rows(dets: dict) -> np.ndarray:
-  """dict(boxes [N, 4] xyxy, scores [N]) -> [N, 5] x y w h score (the WIDER submission rows)."""
-  b = np.asarray(dets["boxes"], np.float64)
-  return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2],
-                         np.asarray(dets["scores"], np.float64)[:, None]], axis=1)

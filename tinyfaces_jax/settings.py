@@ -46,6 +46,20 @@ def check_keys(values: Mapping, known, where: str) -> None:
                     f"{', '.join(known)}")
 
 
+def partition(values: Any, classes, where: str) -> list:
+  """Splits one section among several dataclasses: -> [dict of `values` for each class's
+  fields] (a key goes to the first class that has it); a key no class has is a ConfigError
+  naming it (with the closest known key)."""
+  d = as_dict(values)
+  fields = [{f.name for f in dataclasses.fields(c)} for c in classes]
+  check_keys(d, set().union(*fields), where)
+  out, taken = [], set()
+  for names in fields:
+    out.append({k: v for k, v in d.items() if k in names and k not in taken})
+    taken |= names
+  return out
+
+
 def dataclass_from(cls, values: Any, where: str, **fixed):
   """Builds the frozen dataclass `cls` from `values` (+ `fixed` overrides).
 

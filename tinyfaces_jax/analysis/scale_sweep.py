@@ -1,13 +1,14 @@
 """Which resolution works best for which face size: WIDER AP per face-height bin across a sweep.
 
   python -m tinyfaces_jax.analysis.scale_sweep --sweep_dir=DIR [--out=DIR/scale_sweep.png] \
-      [--step=latest|K]
+      [--step=latest|K] [--evaluator=wider]
 
 Hu & Ramanan ("Finding Tiny Faces", CVPR 2017) train the same template set applied at
 different image resolutions (0.5x, 1x, 2x) and plot the AP on faces of each size against face
 size, one curve per resolution: 2x wins on tiny faces, 0.5x on large ones. Here the runs are those
 of a sweep launched by `launch/sweep.py` (its `<sweep_dir>/sweep.json`), and the AP of each bin
-is read from the `"ap_by_height"` entry of each run's `<workdir>/eval/step_<k>/aps.json`:
+is read from the `"ap_by_height"` entry of each run's `<workdir>/eval/step_<k>/<evaluator>/aps.json`
+(the WIDER evaluator's summary; `--evaluator` names it, default "wider"):
 
   "ap_by_height": [{"lo": 0.0, "hi": 10.0, "num_faces": 3, "ap": 0.41}, ...,
                    {"lo": 320.0, "hi": null, "num_faces": 393, "ap": 0.93}]
@@ -45,13 +46,13 @@ from tinyfaces_jax.evaluation import size_bins
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-def eval_steps(workdir) -> list:
-  """Steps k with a `<workdir>/eval/step_<k>/aps.json`, increasing."""
+def eval_steps(workdir, evaluator: str = "wider") -> list:
+  """Steps k with a `<workdir>/eval/step_<k>/<evaluator>/aps.json`, increasing."""
   root = paths.resolve(workdir) / "eval"
   if not root.is_dir():
     return []
   return sorted(int(m.group(1)) for p in root.iterdir()
-                if (m := _STEP_RE.match(p.name)) and (p / "aps.json").is_file())
+                if (m := _STEP_RE.match(p.name)) and (p / evaluator / "aps.json").is_file())
 
 
 def read_manifest(sweep_dir) -> dict:
@@ -84,7 +85,7 @@ def _resolve_workdir(sweep_dir: epath.Path, run: dict) -> Optional[epath.Path]:
   return None
 
 
-def load_run(sweep_dir, run: dict, step=None) -> dict:
+def load_run(sweep_dir, run: dict, step=None, evaluator: str = "wider") -> dict:
   """One run of sweep.json -> dict(name, overrides, workdir, step, ap_by_height, aps, problem).
 
   ap_by_height: rows {"lo", "hi" (inf for an open bin), "num_faces", "ap" (None: no faces)},
@@ -99,17 +100,17 @@ def load_run(sweep_dir, run: dict, step=None) -> dict:
                       f"{run.get('workdir')} exists (not started?)")
     return out
   out["workdir"] = str(workdir)
-  steps = eval_steps(workdir)
+  steps = eval_steps(workdir, evaluator)
   if not steps:
-    out["problem"] = f"no {workdir}/eval/step_<k>/aps.json (not evaluated yet?)"
+    out["problem"] = f"no {workdir}/eval/step_<k>/{evaluator}/aps.json (not evaluated yet?)"
     return out
   k = steps[-1] if step in (None, "latest") else int(step)
   if k not in steps:
-    out["problem"] = (f"no {workdir}/eval/step_{k}/aps.json (steps with aps.json: "
+    out["problem"] = (f"no {workdir}/eval/step_{k}/{evaluator}/aps.json (steps with one: "
                       f"{', '.join(map(str, steps))})")
     return out
   out["step"] = k
-  path = workdir / "eval" / f"step_{k}" / "aps.json"
+  path = workdir / "eval" / f"step_{k}" / evaluator / "aps.json"
   try:
     aps = json.loads(path.read_text())
   except ValueError as e:
@@ -127,11 +128,12 @@ def load_run(sweep_dir, run: dict, step=None) -> dict:
   return out
 
 
-def load_sweep(sweep_dir, step=None) -> list:
+def load_sweep(sweep_dir, step=None, evaluator: str = "wider") -> list:
   """Every run of `<sweep_dir>/sweep.json` with its per-size APs at `step` (None / "latest":
-  each run's latest evaluated step) -> list of `load_run` dicts, in sweep order."""
+  each run's latest evaluated step) from its `evaluator`'s aps.json -> list of `load_run`
+  dicts, in sweep order."""
   manifest = read_manifest(sweep_dir)
-  return [load_run(sweep_dir, r, step) for r in manifest["runs"]]
+  return [load_run(sweep_dir, r, step, evaluator) for r in manifest["runs"]]
 
 
 def sweep_name(sweep_dir) -> str:
@@ -245,6 +247,8 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="PNG path (default <sweep_dir>/scale_sweep.png); "
                  "the CSV goes beside it")
   p.add_argument("--step", default="latest", help="'latest' (per run) or a step number")
+  p.add_argument("--evaluator", default="wider",
+                 help="the WIDER evaluator's name in config.eval.evaluators")
   args = p.parse_args(argv)
   if args.step != "latest" and not args.step.isdigit():
     p.error(f"--step must be 'latest' or a step number, got {args.step!r}")
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     name = sweep_name(args.sweep_dir)
-    runs = load_sweep(args.sweep_dir, args.step)
+    runs = load_sweep(args.sweep_dir, args.step, args.evaluator)
   except (FileNotFoundError, ValueError) as e:
     print(f"scale_sweep: error: {e}", file=sys.stderr)
     return 2

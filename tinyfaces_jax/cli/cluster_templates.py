@@ -49,7 +49,7 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   import scipy.io
   from tinyfaces_jax import paths
-  from tinyfaces_jax.data import wider_annotations
+  from tinyfaces_jax.data.wider import annotations as wider_annotations
   from tinyfaces_jax.detectors.hr import templates
   anns = wider_annotations.parse_bbx_gt(a.annotations)
   boxes = [ann.boxes[ann.trainable] for ann in anns]

@@ -201,9 +201,10 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
     items = groups.pop(key)
     batch = np.stack([x for x, *_ in items] + [np.zeros_like(items[0][0])] *
                      (batch_size - len(items)))
+    hw = np.asarray([hw for *_, hw in items] + [(1, 1)] * (batch_size - len(items)), np.int32)
     buckets.add(key)
-    res = jax.device_get(predict(variables, batch))
-    for j, (_, path, stem, image, scale) in enumerate(items):
+    res = jax.device_get(predict(variables, batch, hw))
+    for j, (_, path, stem, image, scale, _) in enumerate(items):
       det = inference.to_original(res, j, scale)
       faces = face_records(det, min_score)
       n_faces += len(faces)
@@ -231,7 +232,7 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
       x = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     key = inference.bucket_hw(x.shape[0], x.shape[1], cfg.bucket)
     groups.setdefault(key, []).append((inference.pad_to(x, key, spec.detector.pad_value),
-                                       path, stem, image, scale))
+                                       path, stem, image, scale, x.shape[:2]))
     if len(groups[key]) == batch_size:
       flush(key)
   for key in list(groups):

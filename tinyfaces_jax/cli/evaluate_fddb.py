@@ -23,20 +23,6 @@ import sys
 
 from tinyfaces_jax import cli as cli_lib, paths
 
-FP_POINTS = (100, 500, 1000, 2000)
-
-
-def parse_folds(text: str) -> list:
-  """'1-10' / '1,3,5' -> fold numbers."""
-  out = []
-  for part in text.split(","):
-    lo, _, hi = part.partition("-")
-    out += list(range(int(lo), int(hi or lo) + 1))
-  if not out or min(out) < 1 or max(out) > 10:
-    raise ValueError(f"--folds {text!r}: folds are 1..10")
-  return out
-
-
 def main(argv=None) -> int:
   """Runs the evaluation; prints TPR at fixed false positives; returns the exit code."""
   p = argparse.ArgumentParser(prog="tinyfaces-evaluate-fddb", description=__doc__,
@@ -51,7 +37,7 @@ def main(argv=None) -> int:
                  help="NAME=<DiscROC.txt> drawn beside ours (repeatable)")
   a = p.parse_args(argv)
   from tinyfaces_jax.evaluation import fddb, fddb_io
-  names, gt = fddb_io.load_folds(a.folds_dir, parse_folds(a.folds))
+  names, gt = fddb_io.load_folds(a.folds_dir, fddb_io.parse_folds(a.folds))
   dets = fddb_io.read_detection_folds(a.dets, a.format)
   outside = sorted(set(dets) - set(gt))
   if outside:
@@ -63,8 +49,8 @@ def main(argv=None) -> int:
   print(f"FDDB: {len(names)} images, {n_faces} faces, {sum(len(v) for v in dets.values())} "
         f"detections ({len(set(names) - set(dets))} images without any)")
   for name, roc in (("discrete", disc), ("continuous", cont)):
-    tprs = fddb.roc_at_fp(roc, FP_POINTS)
-    print(f"  {name:<10} TPR " + "  ".join(f"{t:.4f}@{f}" for t, f in zip(tprs, FP_POINTS)))
+    tprs = fddb.roc_at_fp(roc, fddb.FP_POINTS)
+    print(f"  {name:<10} TPR " + "  ".join(f"{t:.4f}@{f}" for t, f in zip(tprs, fddb.FP_POINTS)))
   if a.out_dir:
     out = paths.resolve(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)

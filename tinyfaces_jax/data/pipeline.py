@@ -9,7 +9,8 @@ of the host-local size with `drop_remainder`, prefetch. Every batch has static s
   landmarks [b, M, 5, 2], landmarks_present [b, M] bool, valid_region [b, 4],
   num_faces [b] int32 (trainable faces before the cap), num_dropped [b] int32.
 
-Eval (`eval_dataset`): every image of this host's share exactly once; images optionally scaled
+Eval (`eval_dataset` over a split, `files_eval_dataset` over image files): every image of this
+host's share exactly once; images optionally scaled
 (`scale_fn`) and padded bottom/right to a size bucket (multiples of `bucket`, so one compile
 per bucket, not per image), batched within a bucket; the last batch of a bucket is padded with
 `valid=False` rows. Carries what maps boxes back to original pixels:
@@ -17,7 +18,7 @@ per bucket, not per image), batched within a bucket; the last batch of a bucket 
   orig_hw [b, 2] int32, scale [b] float32 (scaled / original), valid [b] bool,
   filename [b] string, boxes [b, M, 4] original-pixel ground truth, box_mask [b, M].
 
-Example features are those of the TFDS builder in wider_face.py.
+Example features are those of the TFDS builder in wider/builder.py.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def train_dataset(builder, split: str, *, batch_size: int, transform: Transform,
   there (the skip happens before decoding).
 
   Args:
-    builder: a prepared TFDS builder (e.g. wider_face.WiderFace).
+    builder: a prepared TFDS builder (e.g. wider.builder.WiderFace).
     split: e.g. "train".
     transform: `(example, seed [2] int32) -> example` with a fixed-size float32 image.
     max_boxes: M, ground-truth slots per image.
@@ -174,7 +175,7 @@ def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket
                  max_size: int = 4096, pad_value=(0.0, 0.0, 0.0),
                  process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tf.data.Dataset:
-  """Every image of this host's share exactly once, bucketed by padded size.
+  """Every image of this host's share of `split` exactly once, bucketed by padded size.
 
   Args:
     scale_fn: `(hw [2] int32) -> scale` float32 scalar applied before padding (e.g. the
@@ -192,9 +193,46 @@ def eval_dataset(builder, split: str, *, batch_size: int, max_boxes: int, bucket
   import tensorflow_datasets as tfds
   ds = builder.as_dataset(split=sub, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
+  ds = ds.map(decode_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return _eval_batches(ds, batch_size=batch_size, max_boxes=max_boxes, bucket=bucket,
+                       scale_fn=scale_fn, max_size=max_size, pad_value=pad_value)
 
-  def prepare(ex):
-    d = decode_example(ex)
+
+def files_eval_dataset(files, keys, *, batch_size: int, bucket: int = 128,
+                       scale_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+                       max_size: int = 4096, pad_value=(0.0, 0.0, 0.0),
+                       process_index: Optional[int] = None,
+                       process_count: Optional[int] = None) -> tf.data.Dataset:
+  """`eval_dataset` over image files (JPEG / PNG / BMP / GIF paths or URLs, any channel
+  count): this host's share is every `process_count`-th file from `process_index`; `filename`
+  carries the file's key (`keys[i]`); there is no ground truth (boxes all padding, max_boxes
+  1). A file that does not decode stops the pass with an error naming it."""
+  hide_gpus_from_tf()
+  files, keys = [str(f) for f in files], [str(k) for k in keys]
+  if len(files) != len(keys):
+    raise ValueError(f"{len(files)} files but {len(keys)} keys")
+  if process_index is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  files, keys = files[process_index::process_count], keys[process_index::process_count]
+  ds = tf.data.Dataset.from_tensor_slices((tf.constant(files, tf.string),
+                                           tf.constant(keys, tf.string)))
+
+  def read(path, key):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return {"image": image, "boxes": tf.zeros([0, 4], tf.float32), "filename": key}
+
+  ds = ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
+  return _eval_batches(ds, batch_size=batch_size, max_boxes=1, bucket=bucket,
+                       scale_fn=scale_fn, max_size=max_size, pad_value=pad_value)
+
+
+def _eval_batches(ds: tf.data.Dataset, *, batch_size: int, max_boxes: int, bucket: int,
+                  scale_fn, max_size: int, pad_value) -> tf.data.Dataset:
+  """Decoded examples {image uint8 [H, W, 3], boxes [N, 4], filename} -> the eval batches of
+  the module docstring (scaled, padded to buckets, grouped, last batches padded)."""
+
+  def prepare(d):
     img = d["image"]
     hw = tf.shape(img)[:2]
     scale = tf.constant(1.0) if scale_fn is None else tf.cast(scale_fn(hw), tf.float32)
@@ -254,8 +292,9 @@ def log_dropped_faces(batches, every: int = 100, log=None):
           dropped, faces, 100.0 * dropped / max(faces, 1), n)
 
   for batch in batches:
-    faces += int(batch["num_faces"].sum())
-    dropped += int(batch["num_dropped"].sum())
+    if "num_faces" in batch:  # whole-image batches (a family's own crops may not count)
+      faces += int(batch["num_faces"].sum())
+      dropped += int(batch["num_dropped"].sum())
     n += 1
     if n % every == 0:
       report()

@@ -5,10 +5,7 @@
     set of embedded parameters, under `<data_dir>/tinyfaces_embedded/<train>x<val>_<px>/`;
   * source "wider": prepares the official release files in `manual_dir` into `data_dir`
     (once; later runs reuse the prepared dataset).
-`ground_truth(builder, split)` reads the split's faces (no image decoding) as a
-`WiderGroundTruth` for the WIDER evaluator: boxes x y w h and, per setting, the faces that
-count: easy / medium / hard from the eval_tools files when the dataset was built with them,
-else every face that is not `invalid` and has w, h > 0 (the same set for all three settings).
+(The WIDER evaluator reads a split's faces itself: evaluation/evaluators.split_ground_truth.)
 """
 
 from __future__ import annotations
@@ -18,10 +15,8 @@ import os
 import tempfile
 import time
 
-import numpy as np
 
 from tinyfaces_jax import paths
-from tinyfaces_jax.evaluation import wider_io
 
 SOURCES = ("embedded", "wider")
 
@@ -62,8 +57,8 @@ def _opt(path: str):
 def prepare_builder(cfg: DataConfig, log=print):
   """Returns the prepared WiderFace builder for `cfg` (builds what is missing, with progress)."""
   import tensorflow_datasets as tfds
-  from tinyfaces_jax.data import embedded
-  from tinyfaces_jax.data.wider_face import WiderFace
+  from tinyfaces_jax.data.embedded import build as embedded
+  from tinyfaces_jax.data.wider.builder import WiderFace
 
   tfds.disable_progress_bar()
   data_dir = paths.resolve(cfg.data_dir)
@@ -104,26 +99,3 @@ def prepare_builder(cfg: DataConfig, log=print):
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
   return builder
-
-
-def ground_truth(builder, split: str) -> wider_io.WiderGroundTruth:
-  """The split's faces as WIDER ground truth (see the module docstring for `keep`).
-
-  `split` may be sliced ("validation[:100]"); keys are `"<event>/<stem>"` (the filename
-  without its extension), in dataset order.
-  """
-  import tensorflow_datasets as tfds
-  with_settings = bool(builder.info.metadata.get("eval_settings_dir"))
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders={"image": tfds.decode.SkipDecoding()})
-  keys, boxes = [], []
-  keep = {s: [] for s in wider_io.SETTINGS}
-  for ex in ds.as_numpy_iterator():
-    keys.append(os.path.splitext(ex["image/filename"].decode())[0])
-    f = ex["faces"]
-    b = np.asarray(f["bbox"], np.float64).reshape(-1, 4)
-    boxes.append(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1))
-    counted = ~np.asarray(f["invalid"], bool) & np.asarray(f["trainable"], bool)
-    for s in wider_io.SETTINGS:
-      keep[s].append(np.asarray(f[s], bool) if with_settings else counted)
-  return wider_io.WiderGroundTruth(keys=keys, boxes=boxes, keep=keep, version="current")

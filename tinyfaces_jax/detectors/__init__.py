@@ -1,6 +1,12 @@
 """Detector families, one package each (`detectors/<name>/`: `build(model, loss)` -> a
 `base.Detector`, plus the family's model, weights and constants), looked up by module name:
 `build_detector("hr", ...)` imports `tinyfaces_jax.detectors.hr` and nothing of the others.
+
+A family's training input comes from its `recipe.py`: either a `transform(example, seed,
+**options)` applied to whole images by data/pipeline.train_dataset (RetinaFace, HR), or its
+own `train_dataset(builder, split, **kwargs)` returning batches of any fixed shapes (a
+cascade's crops); `make_train_dataset` picks whichever the recipe defines. Its prediction is
+inference.make_predict_fn's unless the Detector carries its own `make_predict` (a cascade).
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ import functools
 import importlib
 import importlib.util
 import pkgutil
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from tinyfaces_jax import settings
 from tinyfaces_jax.detectors.base import Detector
@@ -33,14 +39,40 @@ def build_detector(name: str, model: Any = None, loss: Any = None,
   return det if dtype is None else det.with_dtype(dtype)
 
 
-def make_transform(recipe: str, **options) -> Callable:
-  """The training augmentation of the family `recipe` (its `recipe.transform`, TensorFlow)
-  with its keyword options bound: `(example, seed [2]) -> example` for
-  data/pipeline.train_dataset, e.g. make_transform("retinaface", size=840)."""
+def _recipe(recipe: str):
   with_recipe = [f for f in known_families()
                  if importlib.util.find_spec(f"{__name__}.{f}.recipe") is not None]
   if recipe not in with_recipe:
     raise settings.ConfigError(f"config.data.recipe: unknown recipe {recipe!r}; the families "
                                f"with a training recipe: {with_recipe}")
-  module = importlib.import_module(f"{__name__}.{recipe}.recipe")
+  return importlib.import_module(f"{__name__}.{recipe}.recipe")
+
+
+def make_transform(recipe: str, **options) -> Callable:
+  """The training augmentation of the family `recipe` (its `recipe.transform`, TensorFlow)
+  with its keyword options bound: `(example, seed [2]) -> example` for
+  data/pipeline.train_dataset, e.g. make_transform("retinaface", size=840)."""
+  module = _recipe(recipe)
+  if not hasattr(module, "transform"):
+    raise settings.ConfigError(f"config.data.recipe: {recipe!r} makes its own training "
+                               "batches (recipe.train_dataset), it has no per-image transform")
   return functools.partial(module.transform, **options)
+
+
+def make_train_dataset(recipe: str, builder, split: str, *, batch_size: int, size: int,
+                       max_boxes: int, seed: int, start_step: int = 0,
+                       shuffle_buffer: int = 1024, threads: int = 0, ram_budget_gb: float = 0.0,
+                       options: Optional[dict] = None):
+  """This host's training batches for the family `recipe` (a tf.data.Dataset of fixed-shape
+  numpy-able dicts, `batch_size` per host, resumable at `start_step`): its recipe's own
+  `train_dataset` when it defines one (called with every argument here, `options` spread
+  as keywords), else data/pipeline.train_dataset with `make_transform(recipe, size=size,
+  **options)` (the batch layout of that module's docstring)."""
+  module = _recipe(recipe)
+  common = dict(batch_size=batch_size, max_boxes=max_boxes, seed=seed, start_step=start_step,
+                shuffle_buffer=shuffle_buffer, threads=threads, ram_budget_gb=ram_budget_gb)
+  if hasattr(module, "train_dataset"):
+    return module.train_dataset(builder, split, size=size, **common, **(options or {}))
+  from tinyfaces_jax.data import pipeline
+  return pipeline.train_dataset(builder, split, transform=make_transform(
+      recipe, size=size, **(options or {})), **common)

@@ -52,6 +52,11 @@ class Detector:
     import_weights: path -> {'params', 'batch_stats'} of the whole model (public checkpoints).
     import_backbone: path -> {'params', 'batch_stats'} of the backbone alone (ImageNet).
     backbone_scope: the top-level variable scope the backbone lives in.
+    make_predict: None (inference.make_predict_fn's scales / flip / NMS over `decode`), or the
+      family's own `(inference.InferenceConfig) -> predict(variables, images [B, H, W, 3]
+      float32 RGB 0..255, image_hw [B, 2] int32 or None) -> dict(boxes [B, K, 4], scores
+      [B, K], valid [B, K][, landmarks [B, K, P, 2]])` (a cascade; `image_hw` is each image's
+      size inside the bucket padding), used by evaluation, detect and export alike.
   """
   name: str
   model: nn.Module
@@ -63,6 +68,7 @@ class Detector:
   import_weights: Optional[Callable[[str], dict]] = None
   import_backbone: Optional[Callable[[str], dict]] = None
   backbone_scope: str = "body"
+  make_predict: Optional[Callable] = None
 
   def init_variables(self, image_hw=(64, 64), rng=None) -> dict:
     """Random-init variables for an input of [1, H, W, 3]."""

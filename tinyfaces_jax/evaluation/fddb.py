@@ -39,7 +39,7 @@ The masks start at pixel (0, 0), so clipping at the left / top border is exact e
 image; the right / bottom border needs `image_sizes` (no FDDB images are available here; the
 ground-truth centres and the fixture's MTCNN boxes never pass 450 px, and clipping every image to
 (450, 450) brings us closer to the official curves). Measured against
-the official DiscROC/ContROC of the MTCNN fixture: see tests/test_fddb_eval.py.
+the official DiscROC/ContROC of the MTCNN fixture: see tests/evaluation/test_fddb_eval.py.
 """
 
 from __future__ import annotations
@@ -430,6 +430,9 @@ def evaluate_fddb(gt: dict, dets: dict, image_sizes: dict | None = None, det_for
     ov = overlap_matrix(a, d, det_format, size)
     per_image.append(image_results(ov, d[:, score_col]))
   return accumulate(per_image, n_faces)
+
+
+FP_POINTS = (100, 500, 1000, 2000)  # false-positive counts the summaries report TPR at
 
 
 def roc_at_fp(roc: np.ndarray, fps) -> np.ndarray:

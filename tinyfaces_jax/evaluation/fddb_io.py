@@ -135,6 +135,20 @@ def read_image_list(path) -> list:
   return paths.resolve(path).read_bytes().decode("utf-8").split()
 
 
+def parse_folds(text: str) -> list:
+  """'1-10' / '1,3,5' -> fold numbers."""
+  out = []
+  for part in str(text).split(","):
+    lo, _, hi = part.partition("-")
+    try:
+      out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+      raise ValueError(f"folds {text!r}: expected e.g. 1-10 or 1,3,5") from None
+  if not out or min(out) < 1 or max(out) > 10:
+    raise ValueError(f"folds {text!r}: folds are 1..10")
+  return out
+
+
 def load_folds(folds_dir, folds=range(1, 11)) -> tuple:
   """Reads the official folds -> (image names in fold order, {name: [n, 5] ellipses}).
 

@@ -26,7 +26,8 @@ from typing import Callable, Optional
 import flax.linen as nn
 import jax
 
-from tinyfaces_jax.models.layers import ACTIVATIONS, Conv2D, ConvBN, activate  # noqa: F401
+from tinyfaces_jax.models.layers import Conv2D, ConvBN
+
 
 class DepthwiseSeparable(nn.Module):
   """Pytorch_Retinaface `conv_dw`: 3x3 depthwise ConvBN ("dw") + 1x1 ConvBN ("pw"), both

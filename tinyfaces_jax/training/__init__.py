@@ -11,5 +11,6 @@
                     (model weights without an optimizer)
   sharding.py       topology-aware mesh, batch placement, device prefetch
   hosts.py          multi-process start-up, agreement checks, host-0-first, preemption notice
-  eval_loop.py      WIDER-protocol evaluation of a split on every host (periodic and eval mode)
+  eval_loop.py      evaluation on every host: one prediction pass per image set, the
+                    configured evaluators (evaluation/evaluators.py) on host 0
 """

@@ -20,9 +20,12 @@ Reads the ml_collections config once (`RunSpec.from_config`), then, on every hos
      on (checkpointing.Preemption; also during evaluation); periodic WIDER evaluation
      (eval_loop.py). A non-finite loss stops training with the step named (nothing
      non-finite is checkpointed).
+Evaluation (periodic, final, and `evaluate_only`) runs the configured evaluators
+(eval_loop.py, evaluation/evaluators.py) and logs / writes their named scalars.
 
 Outputs in the workdir: checkpoints/<step>/ (unless train.checkpoint_dir), config.json,
-TensorBoard events, eval/step_<k>/ (predictions, aps.json, PR curves), profile/, jax_cache/.
+TensorBoard events, eval/step_<k>/ (summary.json, and per evaluator its folder: wider/ with
+predictions, aps.json, PR curves), profile/, jax_cache/.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from tinyfaces_jax.training import eval_loop, hosts
 from tinyfaces_jax.training import checkpointing, optim, sharding, train_step
 from tinyfaces_jax.data import sources
 from tinyfaces_jax.detectors import base as detector_base
-from tinyfaces_jax.evaluation import size_bins
 
 SECTIONS = ("detector", "seed", "data", "model", "loss", "optim", "train", "eval", "init")
 
@@ -197,14 +199,10 @@ def _format(step: int, total: int, m: dict, lr: float, ips: float, eta: float,
           f"{int(eta // 60)}m{int(eta % 60):02d}s")
 
 
-def _log_eval(r: dict) -> None:
-  _log(f"eval step {r['step']}: WIDER AP easy {r['aps']['easy']:.4f} medium "
-       f"{r['aps']['medium']:.4f} hard {r['aps']['hard']:.4f} on {r['num_images']} "
-       f"images ({r['num_faces']['hard']} faces, {r['num_detections']} detections, "
-       f"{r['seconds']:.0f} s)")
-  _log("  hard AP by face height: " + "  ".join(
-      f"{size_bins.bin_label(b['lo'], b['hi'] if b['hi'] is not None else float('inf'))}"
-      f" {b['ap']:.3f} ({b['num_faces']})" for b in r["ap_by_height"] if b["ap"] is not None))
+def _log_eval(evaluation: eval_loop.Evaluation, r: dict) -> None:
+  _log(f"eval step {r['step']} ({r['seconds']:.0f} s):")
+  for line in evaluation.log_lines(r):
+    _log("  " + line)
 
 
 class _Profiler:
@@ -277,8 +275,8 @@ def train_and_evaluate(config, workdir, *,
   step_fn = train_step.detector_train_step(spec.detector, mesh, bf16=tc.bf16,
                                            grad_accum_steps=tc.grad_accum_steps)
   lr_at = optim.learning_rate_schedule(spec.optim)
-  evaluator = eval_loop.Evaluator(spec.detector, builder, spec.data.eval_split,
-                                  spec.inference, spec.eval_loop, log=_log)
+  evaluation = eval_loop.Evaluation(spec.detector, builder, spec.data.eval_split,
+                                    spec.inference, spec.eval_loop, log=_log)
   writer = metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=tc.num_steps, writer=writer,
@@ -289,16 +287,16 @@ def train_and_evaluate(config, workdir, *,
 
   def evaluate(state, step: int, preemption) -> bool:
     """Evaluates `state`, appending to `evals`; False when a preemption stopped it."""
-    _log(f"evaluating {spec.data.eval_split} at step {step} ...")
-    r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats},
+    _log(f"evaluating {evaluation.describe()} at step {step} ...")
+    r = evaluation.run({"params": state.params, "batch_stats": state.batch_stats},
                       workdir / "eval" / f"step_{step}", preemption=preemption)
     if r is None:
       return False
     r.update(step=step, minutes=round((time.time() - t_start) / 60, 2))
     evals.append(r)
-    if "aps" in r:
-      writer.write_scalars(step, {f"eval/ap_{k}": v for k, v in r["aps"].items()})
-      _log_eval(r)
+    if "scalars" in r:
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in r["scalars"].items()})
+      _log_eval(evaluation, r)
     return True
 
   def save(state, step: int, saved_at: int) -> int:
@@ -316,13 +314,11 @@ def train_and_evaluate(config, workdir, *,
           f"step {manager.latest_step()} in {manager.directory})")
     return means
 
-  transform = detectors.make_transform(spec.data.recipe, size=spec.data.image_size,
-                                     **spec.data.recipe_options)
-  ds = pipeline.train_dataset(builder, spec.data.train_split, batch_size=local_batch,
-                              transform=transform, max_boxes=spec.data.max_boxes,
-                              seed=spec.seed, shuffle_buffer=spec.data.shuffle_buffer,
-                              start_step=start, threads=spec.data.threads,
-                              ram_budget_gb=spec.data.ram_budget_gb)
+  ds = detectors.make_train_dataset(
+      spec.data.recipe, builder, spec.data.train_split, batch_size=local_batch,
+      size=spec.data.image_size, max_boxes=spec.data.max_boxes, seed=spec.seed,
+      start_step=start, shuffle_buffer=spec.data.shuffle_buffer, threads=spec.data.threads,
+      ram_budget_gb=spec.data.ram_budget_gb, options=spec.data.recipe_options)
   batches = sharding.DevicePrefetcher(
       pipeline.log_dropped_faces(ds.as_numpy_iterator(), every=max(tc.log_every, 1) * 10),
       mesh, size=tc.prefetch)
@@ -415,28 +411,31 @@ def evaluate_only(config, workdir) -> dict:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir} and no config.init.checkpoint to "
                             "evaluate")
   state, step, _ = initial_state(spec, mesh, manager)
-  evaluator = eval_loop.Evaluator(spec.detector, builder, spec.data.eval_split,
-                                  spec.inference, spec.eval_loop, log=_log)
-  _log(f"evaluating {evaluator.split} at step {step} ...")
+  evaluation = eval_loop.Evaluation(spec.detector, builder, spec.data.eval_split,
+                                    spec.inference, spec.eval_loop, log=_log)
+  _log(f"evaluating {evaluation.describe()} at step {step} ...")
   out = workdir / "eval" / f"step_{step}"
   with checkpointing.Preemption(manager) as preemption:
-    r = evaluator.run({"params": state.params, "batch_stats": state.batch_stats}, out,
+    r = evaluation.run({"params": state.params, "batch_stats": state.batch_stats}, out,
                       preemption=preemption)
   manager.close()
   if r is None:
     _log("SIGTERM: evaluation stopped")
     return {"step": step, "preempted": True}
-  if "aps" in r:
-    _log("WIDER AP " + "  ".join(f"{k} {v:.4f}" for k, v in r["aps"].items())
-         + f"  ({r['num_images']} images; predictions in {out})")
+  if "scalars" in r:
+    for line in evaluation.log_lines(r):
+      _log(line)
+    _log(f"({r['num_images']} images; outputs in {out})")
   return dict(r, step=step)
 
+
 def main_summary(result: dict) -> str:
-  """The last lines the main job prints: the AP curve of a run."""
-  rows = ["steps  minutes  AP easy  AP medium  AP hard"]
-  for r in result["evals"]:
-    if "aps" in r:
-      a = r["aps"]
-      rows.append(f"{r['step']:5d}  {r['minutes']:7.1f}  {a['easy']:7.4f}  {a['medium']:9.4f}  "
-                  f"{a['hard']:7.4f}")
+  """The last lines the main job prints: every evaluation's scalars, one row per step."""
+  evals = [r for r in result["evals"] if "scalars" in r]
+  names = list(evals[0]["scalars"]) if evals else []
+  widths = [max(len(n), 7) for n in names]
+  rows = ["steps  minutes  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+  for r in evals:
+    rows.append(f"{r['step']:5d}  {r['minutes']:7.1f}  " + "  ".join(
+        f"{r['scalars'].get(n, float('nan')):{w}.4f}" for n, w in zip(names, widths)))
   return "\n".join(rows)

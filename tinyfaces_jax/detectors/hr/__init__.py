@@ -22,6 +22,9 @@ sigma > 1).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +52,7 @@ def active_templates(sigma: np.ndarray, scale: float, allscale, onescale) -> np.
   for ids in (allscale, onescale):
     bad = [i for i in ids if not 1 <= int(i) <= t]
     if bad:
-      raise settings.ConfigError(f"config.model: template ids {bad} outside 1..{t}")
+      raise ValueError(f"template ids {bad} outside 1..{t}")
   on = np.zeros(t, bool)
   on[np.asarray(allscale, int) - 1] = True
   one = np.asarray(onescale, int) - 1
@@ -59,23 +62,34 @@ def active_templates(sigma: np.ndarray, scale: float, allscale, onescale) -> np.
   return on
 
 
+@dataclasses.dataclass(frozen=True)
+class TemplateOptions:
+  """The model section's template keys (the rest are hr.HRConfig fields; see the docstring)."""
+  templates: str = ""
+  allscale_templates: tuple = DEFAULT_ALLSCALE
+  onescale_templates: tuple = DEFAULT_ONESCALE
+  cell_offset: Optional[float] = None
+
+  def __post_init__(self):
+    if not self.templates:
+      raise ValueError("templates: the template file is required (RefBox_N25_scaled.mat, or "
+                       "one made by `tinyfaces-cluster-templates`)")
+
+
 def build(model: dict, loss: dict) -> Detector:
   """The configured HR Detector."""
-  model = dict(model)
-  path = model.pop("templates", None)
-  if not path:
-    raise settings.ConfigError("config.model.templates: the template file is required "
-                               "(RefBox_N25_scaled.mat, or one made by "
-                               "`tinyfaces-cluster-templates`)")
-  tpl = templates_lib.load_templates(path)  # a path (~ expanded) or a URL
-  allscale = tuple(model.pop("allscale_templates", DEFAULT_ALLSCALE))
-  onescale = tuple(model.pop("onescale_templates", DEFAULT_ONESCALE))
-  offset = model.pop("cell_offset", None)
-  cfg = settings.dataclass_from(hr.HRConfig, model, "config.model", num_templates=len(tpl))
-  offset = cell_offset(cfg.backbone) if offset is None else float(offset)
+  tpl_keys, net_keys = settings.partition(model, (TemplateOptions, hr.HRConfig), "config.model")
+  opts = settings.dataclass_from(TemplateOptions, tpl_keys, "config.model")
+  tpl = templates_lib.load_templates(opts.templates)  # a path (~ expanded) or a URL
+  allscale, onescale = opts.allscale_templates, opts.onescale_templates
+  cfg = settings.dataclass_from(hr.HRConfig, net_keys, "config.model", num_templates=len(tpl))
+  offset = cell_offset(cfg.backbone) if opts.cell_offset is None else float(opts.cell_offset)
   loss_cfg = settings.dataclass_from(loss_lib.TinyFacesLossConfig, loss, "config.loss",
                                      offset=offset)
-  active_templates(tpl.sigma, 1.0, allscale, onescale)          # validates the ids
+  try:
+    active_templates(tpl.sigma, 1.0, allscale, onescale)
+  except ValueError as e:
+    raise settings.ConfigError(f"config.model: {e}") from None
   boxes = jnp.asarray(tpl.boxes)
   mean = jnp.asarray(hr.TINY_RGB_MEAN, jnp.float32)
   inclusive = jnp.asarray([0.0, 0.0, 1.0, 1.0], jnp.float32)

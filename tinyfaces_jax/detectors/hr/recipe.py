@@ -12,7 +12,7 @@ from tinyfaces_jax.data import transforms as T
 from tinyfaces_jax.detectors.hr.model import TINY_RGB_MEAN
 
 # Values read from peiyunh/tiny data/widerface/imageStats.mat (our copy:
-# shared/data/tinyfaces/imageStats.mat; tests/test_transforms.py re-reads the file and checks
+# shared/data/tinyfaces/imageStats.mat; tests/data/test_transforms.py re-reads the file and checks
 # these). `rgbMean` (TINY_RGB_MEAN, model.py: the model's input mean too) is the RGB mean in
 # 0..255; `rgbCovariance` the 3x3 RGB pixel covariance.
 TINY_RGB_COVARIANCE = ((6093.8535, 5534.6396, 4858.425),

@@ -10,7 +10,7 @@ FACE release layout, so the reader of real WIDER serves it unchanged:
 How it is made (per image, from its own RNG seeded by (seed, split, index), so image i is the
 same whatever the counts):
   1. Background: a random crop (35-100% of the side, flipped, colour-jittered) of one package
-     photo, or a 2-4 tile mosaic of them (see `face_sources.BACKGROUND_FILES`). Photos with a
+     photo, or a 2-4 tile mosaic of them (see `package_images.BACKGROUND_FILES`). Photos with a
      real face (astronaut, cameraman, Grace Hopper) keep it, hand-annotated; crops that would
      cut a real face are re-drawn. Gray photos make a gray scene (plus 5% of colour ones).
   2. Face count from WIDER-like proportions (5% zero, 30% one, median 3, 13% >= 20, cap 50)
@@ -28,7 +28,7 @@ same whatever the counts):
 
 Sources and licences: scikit-image data (BSD-3 code; astronaut/rocket/hubble NASA public domain,
 coffee/chelsea/textures CC0, LFW research release, others per skimage/data/README.txt) and,
-when installed, matplotlib's grace_hopper.jpg (US Navy, public domain). See `face_sources`.
+when installed, matplotlib's grace_hopper.jpg (US Navy, public domain). See `package_images`.
 
 Scale distribution: `HEIGHT_BINS` are the face-height proportions of WIDER FACE val
 (wider_face_val_bbx_gt.txt, 39,112 valid faces, invalid=1 dropped), hard-coded: 8% < 8 px,
@@ -44,10 +44,8 @@ idempotent.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
 import pathlib
 import time
 
@@ -55,7 +53,7 @@ import numpy as np
 from PIL import Image
 
 from tinyfaces_jax import paths
-from tinyfaces_jax.data import blending, face_sources
+from tinyfaces_jax.data.embedded import blending, package_images
 
 GENERATOR_VERSION = 1
 MANIFEST = "embedded_manifest.json"
@@ -184,10 +182,10 @@ def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
   rng = np.random.default_rng([int(seed), int(split_code), int(index)])
   width, height = sample_image_size(rng, image_size)
   num_faces = sample_face_count(rng)
-  canvas, gray_scene, real_faces = face_sources.background(rng, width, height,
+  canvas, gray_scene, real_faces = package_images.background(rng, width, height,
                                                            allow_real=num_faces > 0)
   heights = sample_heights(rng, max(0, num_faces - len(real_faces)), width, height)
-  crops = face_sources.face_crops()
+  crops = package_images.face_crops()
   lfw = [c for c in crops if c.name.startswith("lfw:")]
   real = [c for c in crops if not c.name.startswith("lfw:")]
   chosen, sizes = [], []
@@ -267,8 +265,8 @@ def _histogram(heights) -> dict:
 def _params(num_train, num_val, seed, image_size) -> dict:
   return {"generator_version": GENERATOR_VERSION, "num_train": int(num_train),
           "num_val": int(num_val), "seed": int(seed), "image_size": [int(v) for v in image_size],
-          "sources": list(face_sources.available_backgrounds()) + ["skimage:lfw_subset.npy"],
-          "package_versions": face_sources.package_versions()}
+          "sources": list(package_images.available_backgrounds()) + ["skimage:lfw_subset.npy"],
+          "package_versions": package_images.package_versions()}
 
 
 def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed: int = 0,
@@ -346,7 +344,7 @@ def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed
 def _readme(manifest) -> str:
   """Human-readable summary written next to the manifest."""
   lines = ["# Embedded WIDER-format face dataset (synthetic composites of real photos)", "",
-           "Built by `tinyfaces_jax.data.embedded` (see its docstring for the method and the "
+           "Built by `tinyfaces_jax.data.embedded.build` (see its docstring for the method and the "
            "sources' licences) with:", "", "```",
            json.dumps(manifest["params"], indent=1, sort_keys=True), "```", ""]
   for split, s in manifest["splits"].items():
@@ -359,29 +357,3 @@ def _readme(manifest) -> str:
   for k, frac in enumerate(hist["fractions"]):
     lines.append(f"| {hist['edges_px'][k]}-{hist['edges_px'][k + 1]} | {frac} | {ref[k]} |")
   return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> None:
-  """CLI: python -m tinyfaces_jax.data.embedded --out DIR [--num-train N ...]."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--num-train", type=int, default=600)
-  parser.add_argument("--num-val", type=int, default=150)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--min-size", type=int, default=320)
-  parser.add_argument("--max-size", type=int, default=640)
-  parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-  parser.add_argument("--force", action="store_true")
-  args = parser.parse_args(argv)
-  start = time.time()
-  root = build_embedded_wider(args.out, num_train=args.num_train, num_val=args.num_val,
-                              seed=args.seed, image_size=(args.min_size, args.max_size),
-                              workers=args.workers, force=args.force)
-  manifest = json.loads((root / MANIFEST).read_text())
-  print(f"{root}: " + ", ".join(f"{k} {v['images']} images / {v['faces']} faces"
-                                for k, v in manifest["splits"].items())
-        + f" ({time.time() - start:.1f} s)")
-
-
-if __name__ == "__main__":
-  main()

@@ -1,4 +1,4 @@
-"""Tests of the embedded WIDER-format dataset (tinyfaces_jax.data.embedded), small counts."""
+"""Tests of the embedded WIDER-format dataset (tinyfaces_jax.data.embedded.build), small counts."""
 
 import hashlib
 import json
@@ -10,9 +10,8 @@ from PIL import Image
 
 pytest.importorskip("skimage", reason="the embedded dataset needs scikit-image")
 
-import url_fs  # noqa: E402
-from tinyfaces_jax.data import embedded  # noqa: E402
-from url_fs import ram_dir  # noqa: E402,F401  (fixture)
+from tests.support import url_fs  # noqa: E402
+from tinyfaces_jax.data.embedded import build as embedded  # noqa: E402
 
 NUM_TRAIN, NUM_VAL = 48, 12
 

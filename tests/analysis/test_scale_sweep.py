@@ -16,11 +16,10 @@ from absl import flags
 from ml_collections import config_flags
 from PIL import Image
 
-import url_fs
+from tests.support import url_fs
 from tinyfaces_jax.analysis import scale_sweep
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("launch_sweep", ROOT / "launch" / "sweep.py")
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
@@ -195,7 +194,7 @@ BINS_B = [{"lo": 0.0, "hi": 20.0, "num_faces": 30, "ap": 0.4},
 
 
 def write_aps(workdir, step, **entries):
-  d = workdir / "eval" / f"step_{step}"
+  d = workdir / "eval" / f"step_{step}" / "wider"
   d.mkdir(parents=True)
   (d / "aps.json").write_text(json.dumps({"aps": {"easy": 0.9, "medium": 0.8, "hard": 0.5},
                                           **entries}))
@@ -246,7 +245,7 @@ def test_load_sweep_step_and_missing(sweep_dir, tmp_path, capsys):
   assert scale_sweep.run_label(runs[0]) == "res2x (model.scale=2, eval.scales=(1,))"
   runs = scale_sweep.load_sweep(sweep_dir, step=0)
   assert runs[0]["step"] == 0 and runs[0]["ap_by_height"][0]["ap"] == 0.4
-  assert runs[1]["ap_by_height"] is None and "steps with aps.json: 50" in runs[1]["problem"]
+  assert runs[1]["ap_by_height"] is None and "steps with one: 50" in runs[1]["problem"]
   assert scale_sweep.main([f"--sweep_dir={sweep_dir}", "--step=7"]) == 1  # nobody has step 7
   assert (sweep_dir / "scale_sweep.csv").is_file() and not (sweep_dir / "scale_sweep.png").exists()
   capsys.readouterr()

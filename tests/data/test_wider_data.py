@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import url_fs
-from url_fs import ram_dir  # noqa: F401  (fixture)
-from wider_fixture import SETTINGS, corrupt_copy, write_wider_release
-from tinyfaces_jax.data import wider_annotations as wa
-from tinyfaces_jax.data.wider_face import WiderFace
+from tests.support import url_fs
+from tests.support.wider_fixture import SETTINGS, corrupt_copy, write_wider_release
+from tinyfaces_jax.data.wider import annotations as wa
+from tinyfaces_jax.data.wider.builder import WiderFace
 
 tfds.disable_progress_bar()
 

@@ -1,5 +1,5 @@
 """Real multi-process runs: 2 processes x 4 CPU devices on 127.0.0.1 with gloo collectives,
-each `tests/multihost_worker.py` (or the real CLI) started as its own OS process.
+each `tests/training/multihost_worker.py` (or the real CLI) started as its own OS process.
 
   python -m pytest -m multihost          (about 4 minutes on 2 cores)
 
@@ -27,8 +27,8 @@ import pytest
 
 pytestmark = pytest.mark.multihost
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "multihost_worker.py"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "training" / "multihost_worker.py"
 TIMEOUT = 300.0   # per process; a normal run here takes 60-110 s
 
 
@@ -113,8 +113,8 @@ def test_uninterrupted_two_hosts_and_dataset_built_once(tmp, uninterrupted):
   assert checkpoints(tmp, "full") == [2, 4, 6]
   # The final evaluation: every host predicts its share, host 0 scores all 8 images.
   assert [e["step"] for e in r0["evals"]] == [e["step"] for e in r1["evals"]] == [6]
-  assert r0["evals"][0]["num_images"] == 8 and set(r0["evals"][0]["aps"]) == {
-      "easy", "medium", "hard"}
+  assert r0["evals"][0]["num_images"] == 8 and set(r0["evals"][0]["scalars"]) == {
+      "wider/ap_easy", "wider/ap_medium", "wider/ap_hard"}
   builds = (out0 + out1).count("building the embedded dataset")
   assert builds == 1, f"the dataset was built {builds} times"
   assert "building the embedded dataset" in out0 and "FileExistsError" not in out0 + out1

@@ -1,6 +1,6 @@
-"""One process of a real multi-process run on this machine (used by tests/test_multihost.py).
+"""One process of a real multi-process run on this machine (used by tests/training/test_multihost.py).
 
-  python tests/multihost_worker.py --process_id=I --num_processes=N --port=P \
+  python tests/training/multihost_worker.py --process_id=I --num_processes=N --port=P \
       --workdir=DIR --data_dir=DIR --result=FILE [--kill_at=STEP] [--steps=N] [--eval_every=K]
 
 Starts JAX with 4 CPU devices and gloo collectives through `hosts.initialize` (the same path
@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 
@@ -89,7 +89,7 @@ def main() -> int:
   out = {"step": result["step"], "preempted": result["preempted"],
          "seconds": time.time() - t0,
          "after_sigterm_s": time.time() - killed_at[0] if killed_at else None,
-         "evals": [{k: r.get(k) for k in ("step", "aps", "num_images")}
+         "evals": [{k: r.get(k) for k in ("step", "scalars", "num_images")}
                    for r in result["evals"]]}
   with open(args.result, "w") as f:
     json.dump(out, f)

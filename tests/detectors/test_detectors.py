@@ -11,7 +11,7 @@ import pytest
 
 from tinyfaces_jax import detectors, settings
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_families_are_the_packages():

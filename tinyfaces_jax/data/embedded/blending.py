@@ -4,7 +4,7 @@ A pasted patch is resized with PIL (Lanczos down, bicubic up) so that its face b
 on the integer target box, then composited through a feathered elliptical alpha mask (a
 smoothstep ramp in the normalised elliptical radius, no hard edge), after:
 
-* colouring: grayscale LFW crops are tinted with a skin tone (see `face_sources.tint_gray`),
+* colouring: grayscale LFW crops are tinted with a skin tone (see `package_images.tint_gray`),
   or everything is made gray when the scene is grayscale;
 * brightness and colour matching: the face's mean luminance is pulled towards the luminance of
   the background under it (weight 0.15-0.5) and it takes a fraction of the background's colour
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from tinyfaces_jax.data import face_sources
+from tinyfaces_jax.data.embedded import package_images
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -66,16 +66,16 @@ def luminance(pixels: np.ndarray) -> np.ndarray:
   return pixels @ LUMA
 
 
-def prepare_face(crop: face_sources.FaceCrop, rng: np.random.Generator, *,
+def prepare_face(crop: package_images.FaceCrop, rng: np.random.Generator, *,
                  gray_scene: bool) -> np.ndarray:
   """Colours one crop for the scene: tinted if the source is gray, gray if the scene is."""
   pixels = crop.pixels
   if gray_scene:
     return np.repeat(luminance(pixels)[..., None], 3, -1)
   if crop.gray:
-    tones = face_sources.SKIN_TONES
+    tones = package_images.SKIN_TONES
     tone = tones[rng.integers(len(tones))] * np.float32(rng.uniform(0.85, 1.1))
-    return face_sources.tint_gray(pixels[..., 0] / np.float32(255.0), tone)
+    return package_images.tint_gray(pixels[..., 0] / np.float32(255.0), tone)
   return pixels
 
 
@@ -152,9 +152,9 @@ def add_distractors(rng: np.random.Generator, canvas: np.ndarray, face_boxes, gr
   of other photos, so neither a blended edge nor a skin-coloured blob marks a face.
   """
   height, width = canvas.shape[:2]
-  non_faces = face_sources.non_face_patches()
-  plain = [n for n in face_sources.available_backgrounds()
-           if n not in face_sources.REAL_FACE_BOXES]
+  non_faces = package_images.non_face_patches()
+  plain = [n for n in package_images.available_backgrounds()
+           if n not in package_images.REAL_FACE_BOXES]
   for _ in range(int(rng.poisson(mean_count))):
     size = int(np.exp(rng.uniform(np.log(10.0), np.log(max(11.0, 0.4 * min(width, height))))))
     w = max(4, int(size * rng.uniform(0.7, 1.0)))
@@ -171,12 +171,12 @@ def add_distractors(rng: np.random.Generator, canvas: np.ndarray, face_boxes, gr
       if gray_scene:
         patch = np.repeat(gray[..., None] * np.float32(255.0), 3, -1)
       else:
-        tone = (face_sources.SKIN_TONES[rng.integers(len(face_sources.SKIN_TONES))]
+        tone = (package_images.SKIN_TONES[rng.integers(len(package_images.SKIN_TONES))]
                 if rng.random() < 0.5 else rng.uniform(40.0, 230.0, size=3).astype(np.float32))
-        patch = face_sources.tint_gray(gray, tone)
+        patch = package_images.tint_gray(gray, tone)
       patch_box = (0.0, 0.0, 25.0, 25.0)
     else:
-      patch, _, _ = face_sources.photo_crop(rng, plain[rng.integers(len(plain))], w, size,
+      patch, _, _ = package_images.photo_crop(rng, plain[rng.integers(len(plain))], w, size,
                                             min_scale=0.1)
       if gray_scene:
         patch = np.repeat(luminance(patch)[..., None], 3, -1)

@@ -101,8 +101,8 @@ def copy_tree(src, dst) -> epath.Path:
 @pytest.fixture
 def ram_dir(tmp_path, monkeypatch):
   """A fresh, empty `ram://...` folder (epath.Path) for one test, whose working directory is
-  an empty local folder (`tmp_path / "cwd"`, for `local_entries`). Import it into a test module
-  (`from url_fs import ram_dir`) to use it."""
+  an empty local folder (`tmp_path / "cwd"`, for `local_entries`); tests/conftest.py
+  makes it available to every test."""
   register_ram_scheme()
   cwd = tmp_path / "cwd"
   cwd.mkdir()

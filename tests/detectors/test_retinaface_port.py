@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import url_fs
+from tests.support import url_fs
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.detectors.retinaface import weights as retinaface_weights
 from tinyfaces_jax.detectors.retinaface.model import (PRESETS, RetinaFace, detect, dets_array,
@@ -26,7 +26,6 @@ from tinyfaces_jax.pretrained import backbones_pth
 from tinyfaces_jax.pretrained.backbones_pth import load_backbone_pth
 from tinyfaces_jax.pretrained.torch_pickle import (LEGACY_MAGIC, checkpoint_format,
                                                    load_torch_checkpoint, state_dict_of)
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
 MODELS = {"m2man": "mnet025", "1mb": "mnet025_1mb"}
 

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import url_fs
+from tests.support import url_fs
 from tinyfaces_jax.cli import evaluate as cli
 from tinyfaces_jax.evaluation import plots, size_bins, wider, wider_io
 from tinyfaces_jax.evaluation.wider_io import PredictionFormatError, WiderGroundTruth
 from tests.reference.wider import evaluate_reference
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
 FIXTURE_APS = {"easy": 0.9275622029431613, "medium": 0.8982544700877207,
                "hard": 0.7380331982994256}

@@ -13,17 +13,40 @@ from tinyfaces_jax import cli
 from tinyfaces_jax.cli import evaluate_fddb
 from tinyfaces_jax.evaluation import fddb
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_console_scripts_resolve():
   scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
   assert set(scripts) == {"tinyfaces-train", "tinyfaces-detect", "tinyfaces-evaluate",
-                          "tinyfaces-evaluate-fddb", "tinyfaces-cluster-templates"}
+                          "tinyfaces-evaluate-fddb", "tinyfaces-cluster-templates",
+                          "tinyfaces-build-embedded"}
   for name, target in scripts.items():   # one process each: the absl tools share flag names
     module, _, attr = target.partition(":")
     subprocess.run([sys.executable, "-c", f"import {module} as m; assert callable(m.{attr})"],
                    cwd=ROOT, check=True, timeout=120)
+
+
+def test_build_embedded_command(tmp_path, capsys):
+  """The same bytes as the library call; a complete folder is left alone; bad arguments are
+  argparse's usage error."""
+  from tinyfaces_jax.cli import build_embedded
+  from tinyfaces_jax.data.embedded import build
+  out = tmp_path / "emb"
+  assert build_embedded.main(["--out", str(out), "--num_train", "3", "--num_val", "1",
+                              "--seed", "5", "--workers", "1"]) == 0
+  text = capsys.readouterr().out
+  assert "train 3 images" in text and "val 1 images" in text, text
+  ref = build.build_embedded_wider(tmp_path / "ref", num_train=3, num_val=1, seed=5, workers=1)
+  files = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
+  assert len(files) == 4 and files == sorted(p.relative_to(ref) for p in ref.rglob("*.jpg"))
+  assert all((out / f).read_bytes() == (ref / f).read_bytes() for f in files)
+  stamp = (out / build.MANIFEST).stat().st_mtime_ns
+  assert build_embedded.main(["--out", str(out), "--num_train", "3", "--num_val", "1",
+                              "--seed", "5", "--workers", "1"]) == 0
+  assert (out / build.MANIFEST).stat().st_mtime_ns == stamp
+  with pytest.raises(SystemExit):
+    build_embedded.main(["--out", str(out), "--num_train", "x"])
 
 
 def test_fddb_command_reproduces_the_official_mtcnn_roc(shared_dir, tmp_path, capsys):

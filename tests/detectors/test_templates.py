@@ -5,9 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-import url_fs
+from tests.support import url_fs
 from tinyfaces_jax.detectors.hr import templates
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
 
 def test_load_released_templates(shared_dir):

@@ -226,8 +226,8 @@ def test_hr_trains_and_evaluates_end_to_end(tmp_path):
   r = train.train_and_evaluate(c, str(tmp_path / "wd"))
   assert r["step"] == 4 and not r["preempted"]
   (final,) = r["evals"]
-  assert final["num_images"] == 8 and 0.0 <= final["aps"]["hard"] <= 1.0
-  assert len(list((tmp_path / "wd/eval/step_4/predictions").rglob("*.txt"))) == 8
+  assert final["num_images"] == 8 and 0.0 <= final["scalars"]["wider/ap_hard"] <= 1.0
+  assert len(list((tmp_path / "wd/eval/step_4/wider/predictions").rglob("*.txt"))) == 8
 
 
 @pytest.mark.slow

@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import url_fs
+from tests.support import url_fs
 from configs import retinaface_mnet025, test as test_config
 from tinyfaces_jax.training import checkpointing, sharding, train
 from tinyfaces_jax.cli import detect
 from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.detection import box_ops
-from url_fs import ram_dir  # noqa: F401  (fixture)
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def config(resize="none"):

@@ -1,5 +1,5 @@
 """hosts.py without a cluster: start-up errors and the disagreement message (the agreement
-itself across real processes is in tests/test_multihost.py)."""
+itself across real processes is in tests/training/test_multihost.py)."""
 
 import os
 import pathlib
@@ -9,7 +9,7 @@ import time
 
 from tinyfaces_jax.training import hosts
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_coordinator_address_alone_is_a_clear_error(tmp_path):

@@ -19,7 +19,7 @@ Example features:
                     `xyxy`, see detection/box_ops.py). Boxes with w <= 0 or h <= 0 are kept.
     blur expression illumination occlusion pose   int32, as in the file
     invalid         bool, the file's flag (ignored by the evaluation, kept for training)
-    trainable       bool, w > 0 and h > 0 (see wider_annotations.py for the rule's sources)
+    trainable       bool, w > 0 and h > 0 (see annotations.py for the rule's sources)
     landmarks       [5, 2] float32 pixel (x, y): eyes, nose, mouth corners (RetinaFace order);
                     -1 when absent. From the train `label.txt`, when one is used.
     landmarks_present  bool
@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tinyfaces_jax import paths
-from tinyfaces_jax.data import wider_annotations as wa
+from tinyfaces_jax.data.wider import annotations as wa
 
 PathLike = Union[str, os.PathLike]
 

@@ -13,7 +13,7 @@ import pytest
 from configs import test as test_config
 from tinyfaces_jax import detectors, settings
 from tinyfaces_jax.training import optim, sharding, train, train_step
-from url_fs import local_entries, ram_dir  # noqa: F401  (fixture)
+from tests.support.url_fs import local_entries
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +42,24 @@ def test_train_and_evaluate_end_to_end(uninterrupted, data_dir):
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
   (final,) = result["evals"]
   assert final["step"] == 4 and final["num_images"] == 8
-  assert set(final["aps"]) == {"easy", "medium", "hard"}
-  assert all(0.0 <= a <= 1.0 for a in final["aps"].values())
+  aps = final["results"]["wider"]["aps"]
+  assert set(aps) == {"easy", "medium", "hard"}
+  assert all(0.0 <= a <= 1.0 for a in aps.values())
+  assert final["scalars"] == {f"wider/ap_{k}": v for k, v in aps.items()}
   ev = workdir / "eval" / "step_4"
-  written = sorted(p.name for p in (ev / "predictions").rglob("*.txt"))
+  assert json.loads((ev / "summary.json").read_text())["scalars"] == final["scalars"]
+  written = sorted(p.name for p in (ev / "wider" / "predictions").rglob("*.txt"))
   assert len(written) == 8
-  assert json.loads((ev / "aps.json").read_text())["aps"] == final["aps"]
-  assert (ev / "wider_pr_curve_hard_val.png").stat().st_size > 1000
+  assert json.loads((ev / "wider" / "aps.json").read_text())["aps"] == aps
+  assert (ev / "wider" / "wider_pr_curve_hard_val.png").stat().st_size > 1000
   cfg = json.loads((workdir / "config.json").read_text())
   assert cfg["train"]["num_steps"] == 4
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(workdir))
   # Eval-only mode on the same workdir evaluates the latest checkpoint to the same APs.
   again = train.evaluate_only(make_config(data_dir), str(workdir))
   assert again["step"] == 4
-  for s, a in final["aps"].items():
-    assert again["aps"][s] == pytest.approx(a, abs=1e-12)
+  for s, a in final["scalars"].items():
+    assert again["scalars"][s] == pytest.approx(a, abs=1e-12)
 
 
 def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_path):
@@ -79,7 +82,7 @@ def test_sigterm_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_p
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
-  assert second["evals"][0]["aps"] == pytest.approx(full["evals"][0]["aps"], abs=1e-6)
+  assert second["evals"][0]["scalars"] == pytest.approx(full["evals"][0]["scalars"], abs=1e-6)
 
 
 def test_url_workdir_stays_a_url(uninterrupted, data_dir, ram_dir, tmp_path):
@@ -93,8 +96,9 @@ def test_url_workdir_stays_a_url(uninterrupted, data_dir, ram_dir, tmp_path):
   assert local_entries(tmp_path / "cwd") == []
   assert json.loads((ram_dir / "config.json").read_text())["train"]["num_steps"] == 4
   assert any(p.name.startswith("events.out.tfevents") for p in ram_dir.iterdir())
-  ev = ram_dir / "eval" / "step_4"
-  assert json.loads((ev / "aps.json").read_text())["aps"] == result["evals"][0]["aps"]
+  ev = ram_dir / "eval" / "step_4" / "wider"
+  assert (json.loads((ev / "aps.json").read_text())["aps"]
+          == result["evals"][0]["results"]["wider"]["aps"])
   assert (ev / "wider_pr_curve_hard_val.png").read_bytes()[:4] == b"\x89PNG"
   assert len(list((ev / "predictions").glob("*/*.txt"))) == 8
   assert sorted(os.listdir(tmp_path / "ckpt")) == ["2", "4"]
@@ -180,7 +184,7 @@ def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, data_dir, tmp_p
   import time
   from tinyfaces_jax.training import checkpointing
   _, full = uninterrupted
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "tinyfaces_jax.main", "--config=configs/test.py",

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from wider_fixture import write_wider_release
+from tests.support.wider_fixture import write_wider_release
 from tinyfaces_jax.training import sharding
 from tinyfaces_jax.data import pipeline
-from tinyfaces_jax.data.wider_face import WiderFace
+from tinyfaces_jax.data.wider.builder import WiderFace
 
 tfds.disable_progress_bar()
 SIZE = 64

@@ -8,7 +8,7 @@ Files understood:
     line IS a face (the val ground truth has four), so it is kept.
   * `wider_face_test_filelist.txt`: one `<event>/<name>.jpg` per line.
   * RetinaFace `label.txt` (retinaface_gt_v1.1, the layout read by biubug6/Pytorch_Retinaface
-    `data/wider_face.py`): `# <event>/<name>.jpg`, then per face `x y w h` followed, in the train
+    `data/wider_face.py` there): `# <event>/<name>.jpg`, then per face `x y w h` followed, in the train
     file, by 5 landmarks as `lx ly flag` triples and a confidence (20 values); -1 entries mean the
     face has no landmarks. The val variant has only `x y w h`.
   * the eval_tools ground truth `wider_{easy,medium,hard}_val.mat`: cell arrays `event_list`,

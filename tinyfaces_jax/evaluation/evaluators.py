@@ -1,0 +1,225 @@
+"""Evaluators, chosen in the config by type; each scores detections with its own protocol.
+
+  config.eval.evaluators = {"wider": {"type": "wider"},
+                            "fddb": {"type": "fddb", "images_dir": ..., "folds_dir": ...}}
+
+The name of an entry names its output folder (`<out>/<name>/`) and its scalars
+(`<name>/<scalar>`, e.g. `wider/ap_hard`); `type` picks the class of `TYPES`, the other keys
+are that class's `Options` fields (a misspelt key is an error naming its closest field).
+
+An evaluator says which images it needs (`images()`: a split of the run's dataset, or image
+files), and the training/eval loop runs the configured predictor over them once per image set
+(evaluators of the same set share the pass), on every host, and hands host 0 the detections:
+  {key: dict(boxes [N, 4] xyxy, scores [N], landmarks [N, P, 2] when the detector has them,
+             image_hw [2] (original H, W))}   in original pixels, descending score,
+key = the image's name in its set (a split: `image/filename`, "<event>/<name>.jpg"; files:
+the name the evaluator gave). `evaluate(dets, out_dir)` writes the protocol's files and returns
+a JSON-able summary whose "scalars" entry is {name: float} (what the loop logs, writes to
+TensorBoard and prints in the run's table); `describe(summary)` gives the log lines.
+
+Types: "wider" (the official WIDER FACE protocol: APs easy / medium / hard, AP per face-height
+bin, the submission layout, PR curves), "fddb" (the official FDDB discrete and continuous ROC:
+TPR at 100 / 500 / 1000 / 2000 false positives, the tool's ROC files, the ROC plot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from tinyfaces_jax import paths, settings
+from tinyfaces_jax.evaluation import fddb, fddb_io, plots, size_bins, wider, wider_io
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+  """Images a prediction pass runs on: `split` of a TFDS `builder`, or `files` named `keys`.
+
+  `max_images` (0 = all) keeps the first N (a split is sliced: "validation[:N]")."""
+  builder: Any = None
+  split: str = ""
+  files: tuple = ()
+  keys: tuple = ()
+
+  @property
+  def identity(self) -> tuple:
+    """Equal for image sets that a single prediction pass serves."""
+    return (id(self.builder), self.split, self.files)
+
+  def describe(self) -> str:
+    return self.split if self.builder is not None else f"{len(self.files)} image files"
+
+
+def submission_rows(dets: dict) -> np.ndarray:
+  """dict(boxes [N, 4] xyxy, scores [N]) -> [N, 5] x y w h score (WIDER's submission rows and
+  FDDB's rectangle rows)."""
+  b = np.asarray(dets["boxes"], np.float64).reshape(-1, 4)
+  return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2],
+                         np.asarray(dets["scores"], np.float64).reshape(-1, 1)], axis=1)
+
+
+def split_ground_truth(builder, split: str) -> wider_io.WiderGroundTruth:
+  """A split's faces as WIDER ground truth (no image decoding). Faces that count, per setting:
+  easy / medium / hard of the eval_tools files when the dataset was built with them, else
+  every face that is not `invalid` and has w, h > 0 (the same set for all three settings).
+  `split` may be sliced ("validation[:100]"); keys are "<event>/<stem>", in dataset order."""
+  import tensorflow_datasets as tfds
+  with_settings = bool(builder.info.metadata.get("eval_settings_dir"))
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  keys, boxes = [], []
+  keep = {s: [] for s in wider_io.SETTINGS}
+  for ex in ds.as_numpy_iterator():
+    keys.append(os.path.splitext(ex["image/filename"].decode())[0])
+    f = ex["faces"]
+    b = np.asarray(f["bbox"], np.float64).reshape(-1, 4)
+    boxes.append(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1))
+    counted = ~np.asarray(f["invalid"], bool) & np.asarray(f["trainable"], bool)
+    for s in wider_io.SETTINGS:
+      keep[s].append(np.asarray(f[s], bool) if with_settings else counted)
+  return wider_io.WiderGroundTruth(keys=keys, boxes=boxes, keep=keep, version="current")
+
+
+class WiderEvaluator:
+  """type "wider": the run's eval split (or `split`) under the official WIDER FACE protocol.
+
+  Writes predictions/<event>/<stem>.txt (the submission layout), aps.json (APs, AP per
+  face-height bin, counts) and wider_pr_curve_<setting>_val.png. Scalars ap_easy, ap_medium,
+  ap_hard."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """gt_dir: the official ground-truth .mat folder ("" = the split's own annotations);
+    baselines_dir: official PR curves drawn beside ours ("" = none); split: "" = the run's
+    data.eval_split."""
+    gt_dir: str = ""
+    baselines_dir: str = ""
+    split: str = ""
+
+  def __init__(self, name: str, options: "WiderEvaluator.Options", builder, split: str,
+               max_images: int = 0):
+    self.name, self.options, self.builder = name, options, builder
+    split = options.split or split
+    self.split = f"{split}[:{max_images}]" if max_images else split
+    self._gt: Optional[wider_io.WiderGroundTruth] = None
+
+  def images(self) -> ImageSet:
+    return ImageSet(builder=self.builder, split=self.split)
+
+  def ground_truth(self) -> wider_io.WiderGroundTruth:
+    if self._gt is None:
+      self._gt = (wider_io.load_ground_truth(paths.resolve(self.options.gt_dir))
+                  if self.options.gt_dir else split_ground_truth(self.builder, self.split))
+    return self._gt
+
+  def evaluate(self, dets: dict, out_dir, method_name: str = "tinyfaces_jax") -> dict:
+    rows = {os.path.splitext(k)[0]: submission_rows(d) for k, d in dets.items()}
+    gt = self.ground_truth()
+    result = wider.evaluate(rows, gt, verbose=False)
+    out = paths.resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wider_io.write_predictions(out / "predictions", rows)
+    plots.plot_result(result, out, method_name, self.options.baselines_dir or None)
+    summary = {"split": self.split, "num_images": len(rows),
+               "num_detections": int(sum(len(r) for r in rows.values())),
+               "aps": result.aps, "num_faces": result.num_faces, "missing": len(result.missing),
+               "ap_by_height": size_bins.to_json(size_bins.ap_by_height(rows, gt)),
+               "scalars": {f"ap_{k}": float(v) for k, v in result.aps.items()}}
+    (out / "aps.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+  def describe(self, s: dict) -> list:
+    a = s["aps"]
+    return [f"WIDER AP easy {a['easy']:.4f} medium {a['medium']:.4f} hard {a['hard']:.4f} on "
+            f"{s['num_images']} images ({s['num_faces']['hard']} faces, "
+            f"{s['num_detections']} detections)",
+            "  hard AP by face height: " + "  ".join(
+                f"{size_bins.bin_label(b['lo'], b['hi'] if b['hi'] is not None else float('inf'))}"
+                f" {b['ap']:.3f} ({b['num_faces']})" for b in s["ap_by_height"]
+                if b["ap"] is not None)]
+
+
+class FddbEvaluator:
+  """type "fddb": the FDDB images of `folds` under the official FDDB evaluation.
+
+  Writes detections.txt (the FDDB layout, all folds), <method>DiscROC.txt / <method>ContROC.txt
+  (the tool's files), fddb_disc_roc.png and fddb.json. Regions are clipped to each image's
+  size, as the tool's image-sized masks do. Scalars disc_tpr_fp<N> / cont_tpr_fp<N> for N in
+  fddb.FP_POINTS."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """images_dir: the folder holding `<name>.jpg` for each fold name (originalPics);
+    folds_dir: the official FDDB-folds folder; folds: e.g. "1-10" or "1,3"."""
+    images_dir: str = ""
+    folds_dir: str = ""
+    folds: str = "1-10"
+
+    def __post_init__(self):
+      for f in ("images_dir", "folds_dir"):
+        if not getattr(self, f):
+          raise ValueError(f"{f} is required (the FDDB {'images' if f == 'images_dir' else 'folds'}"
+                           " folder)")
+
+  def __init__(self, name: str, options: "FddbEvaluator.Options", builder=None, split: str = "",
+               max_images: int = 0):
+    del builder, split
+    self.name, self.options = name, options
+    self.names, self.gt = fddb_io.load_folds(options.folds_dir,
+                                             fddb_io.parse_folds(options.folds))
+    if max_images:
+      self.names = self.names[:max_images]
+    root = paths.resolve(options.images_dir)
+    self.files = tuple(str(root / f"{n}.jpg") for n in self.names)
+
+  def images(self) -> ImageSet:
+    return ImageSet(files=self.files, keys=tuple(self.names))
+
+  def evaluate(self, dets: dict, out_dir, method_name: str = "tinyfaces_jax") -> dict:
+    rows = {k: submission_rows(d) for k, d in dets.items()}
+    sizes = {k: tuple(int(v) for v in d["image_hw"]) for k, d in dets.items()}
+    disc, cont = fddb.evaluate_fddb(self.gt, rows, image_sizes=sizes, image_names=self.names)
+    out = paths.resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fddb_io.write_detections(out / "detections.txt", {n: rows[n] for n in self.names})
+    fddb_io.write_roc_files(f"{out}/{method_name}", disc, cont)
+    fddb.plot_roc(out / "fddb_disc_roc.png", {method_name: disc})
+    scalars = {}
+    for kind, roc in (("disc", disc), ("cont", cont)):
+      for fp, tpr in zip(fddb.FP_POINTS, fddb.roc_at_fp(roc, fddb.FP_POINTS)):
+        scalars[f"{kind}_tpr_fp{fp}"] = float(tpr)
+    summary = {"folds": self.options.folds, "num_images": len(self.names),
+               "num_faces": int(sum(len(self.gt[n]) for n in self.names)),
+               "num_detections": int(sum(len(r) for r in rows.values())), "scalars": scalars}
+    (out / "fddb.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+  def describe(self, s: dict) -> list:
+    sc = s["scalars"]
+    return ["FDDB discrete TPR " + "  ".join(f"{sc[f'disc_tpr_fp{fp}']:.4f}@{fp}"
+                                              for fp in fddb.FP_POINTS)
+            + f" on {s['num_images']} images ({s['num_faces']} faces)"]
+
+
+TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator}
+
+
+def make_evaluators(section: dict, builder, split: str, max_images: int = 0,
+                    where: str = "config.eval.evaluators") -> list:
+  """{name: {"type": ..., options}} -> [evaluator] in the section's order (ConfigError naming
+  the entry for an unknown type or option)."""
+  out = []
+  for name, entry in settings.as_dict(section).items():
+    entry = dict(settings.as_dict(entry))
+    kind = entry.pop("type", None)
+    if kind not in TYPES:
+      raise settings.ConfigError(f"{where}.{name}.type: unknown evaluator type {kind!r}; "
+                                 f"known: {sorted(TYPES)}")
+    cls = TYPES[kind]
+    options = settings.dataclass_from(cls.Options, entry, f"{where}.{name}")
+    out.append(cls(name, options, builder, split, max_images))
+  return out
