@@ -1,8 +1,8 @@
 """Command-line tools, each `python -m tinyfaces_jax.cli.<name>` and a console script
 (pyproject.toml): detect (tinyfaces-detect), evaluate (WIDER, tinyfaces-evaluate),
 evaluate_fddb (tinyfaces-evaluate-fddb), cluster_templates (tinyfaces-cluster-templates),
-core_demo (`python -m tinyfaces_jax.cli.core_demo`); the
-training entry point is tinyfaces_jax.main (tinyfaces-train).
+build_embedded (tinyfaces-build-embedded), core_demo (`python -m tinyfaces_jax.cli.core_demo`);
+the training entry point is tinyfaces_jax.main (tinyfaces-train).
 
 `run(main, argv)` is how every tool starts: a user error (a bad file named with its line, an
 unknown config key, missing weights, hosts that disagree) prints one line `<tool>: error:
