@@ -37,9 +37,8 @@ from tinyfaces_jax.evaluation import fddb, fddb_io, plots, size_bins, wider, wid
 
 @dataclasses.dataclass(frozen=True)
 class ImageSet:
-  """Images a prediction pass runs on: `split` of a TFDS `builder`, or `files` named `keys`.
-
-  `max_images` (0 = all) keeps the first N (a split is sliced: "validation[:N]")."""
+  """Images a prediction pass runs on: `split` of a TFDS `builder` (possibly sliced,
+  "validation[:N]"), or `files` named `keys`."""
   builder: Any = None
   split: str = ""
   files: tuple = ()
