@@ -284,8 +284,8 @@ def test_untrainable_stays_untrainable_and_absent_landmarks_stay_absent(recipe):
 
 def test_photometric_distort_range_and_determinism():
   img = tf.random.stateless_uniform([32, 48, 3], [1, 2], 0, 255)
-  outs = [retina_recipe.photometric_distort(img, tf.constant([i, 0])).numpy() for i in range(16)]
-  again = retina_recipe.photometric_distort(img, tf.constant([0, 0])).numpy()
+  outs = [T.photometric_distort(img, tf.constant([i, 0])).numpy() for i in range(16)]
+  again = T.photometric_distort(img, tf.constant([0, 0])).numpy()
   np.testing.assert_array_equal(outs[0], again)
   assert all(o.min() >= 0 and o.max() <= 255 for o in outs)
   changed = [np.abs(o - img.numpy()).max() > 1 for o in outs]

@@ -15,12 +15,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_families_are_the_packages():
-  assert detectors.known_families() == ["hr", "retinaface"]
+  assert detectors.known_families() == ["hr", "retinaface", "s3fd"]
   with pytest.raises(settings.ConfigError, match=r"unknown detector 'retina'; known: "
-                                                 r"\['hr', 'retinaface'\]"):
+                                                 r"\['hr', 'retinaface', 's3fd'\]"):
     detectors.build_detector("retina")
   with pytest.raises(settings.ConfigError, match=r"unknown recipe 'tiny_faces'; the families "
-                                                 r"with a training recipe: \['hr', 'retinaface'\]"):
+                                                 r"with a training recipe: \['hr', 'retinaface', 's3fd'\]"):
     detectors.make_transform("tiny_faces")
 
 

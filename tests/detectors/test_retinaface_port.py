@@ -7,7 +7,6 @@ import io
 import pickle
 import struct
 import sys
-import types
 import zipfile
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.support import url_fs
+from tests.support import torch_files, url_fs
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.detectors.retinaface import weights as retinaface_weights
 from tinyfaces_jax.detectors.retinaface.model import (PRESETS, RetinaFace, detect, dets_array,
@@ -156,51 +155,12 @@ def test_train_mode_updates_batch_stats():
 
 # --- the torch-free reader on synthetic checkpoints (fake torch globals, no torch) ---------
 
-def _fake_torch_pickle(monkeypatch, tensors: dict, storages: dict) -> bytes:
-  """Pickles {name: (storage key, offset, size, stride)} the way torch.save does."""
-  torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
-
-  class FloatStorage:
-    pass
-  FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
-
-  def _rebuild_tensor_v2(*args):
-    raise AssertionError("never called")
-  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = ("torch._utils",
-                                                                   "_rebuild_tensor_v2")
-  torch_mod.FloatStorage, utils_mod._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
-  monkeypatch.setitem(sys.modules, "torch", torch_mod)
-  monkeypatch.setitem(sys.modules, "torch._utils", utils_mod)
-
-  class Storage:
-    def __init__(self, key):
-      self.key = key
-
-  class Tensor:
-    def __init__(self, key, offset, size, stride):
-      self.args = (Storage(key), offset, size, stride, False, collections.OrderedDict())
-
-    def __reduce__(self):
-      return _rebuild_tensor_v2, self.args
-
-  class P(pickle.Pickler):
-    def persistent_id(self, obj):
-      if isinstance(obj, Storage):
-        return ("storage", FloatStorage, obj.key, "cpu", storages[obj.key].size)
-      return None
-
-  buf = io.BytesIO()
-  P(buf, protocol=2).dump(collections.OrderedDict(
-      (k, Tensor(*v)) for k, v in tensors.items()))
-  return buf.getvalue()
-
-
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
 def test_reader_offsets_strides(tmp_path, monkeypatch, fmt):
   storages = {"0": np.arange(8, dtype=np.float32), "1": np.arange(5, dtype=np.float32) * -1}
   tensors = {"t": ("0", 2, (3, 2), (1, 3)), "u": ("1", 1, (2, 2), (2, 1)),
              "s": ("0", 7, (), ())}
-  data = _fake_torch_pickle(monkeypatch, tensors, storages)
+  data = torch_files.fake_torch_pickle(monkeypatch, tensors, storages)
   path = tmp_path / f"ckpt.{fmt}"
   if fmt == "zip":
     with zipfile.ZipFile(path, "w") as zf:

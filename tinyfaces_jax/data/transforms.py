@@ -142,3 +142,30 @@ def finish(ex: dict, size: int) -> dict:
   out["trainable"] = ex["trainable"] & positive
   out["valid_region"] = tf.ensure_shape(tf.cast(ex["valid_region"], tf.float32), [4])
   return out
+
+
+def photometric_distort(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """SSD's photometric distortion (Caffe `DistortImage` with random_order_prob 0; RetinaFace's
+  `_distort` in Pytorch_Retinaface data/data_augment.py; S3FD's distort_param) on float32
+  [H, W, 3] RGB 0..255. With p=0.5 the order is brightness, contrast, saturation, hue, else brightness,
+  saturation, hue, contrast; each op applied independently with p=0.5:
+    brightness: + U(-32, 32); contrast: * U(0.5, 1.5); both clipped to [0, 255];
+    saturation (HSV S): * U(0.5, 1.5), clipped; hue: + randint(-18, 18) OpenCV units (of 180)
+    = +-36 degrees, wrapped.
+  Skipped ops use identity parameters (vectorised, no tf.cond)."""
+  s = split_seed(seed, 6)
+  coin = uniform(s[0], [5]) < 0.5
+  contrast_first, do_b, do_c, do_s, do_h = [coin[i] for i in range(5)]
+  beta = tf.where(do_b, uniform(s[1], (), -32.0, 32.0), 0.0)
+  alpha = tf.where(do_c, uniform(s[2], (), 0.5, 1.5), 1.0)
+  sat = tf.where(do_s, uniform(s[3], (), 0.5, 1.5), 1.0)
+  hue = tf.where(do_h, tf.cast(tf.random.stateless_uniform((), s[4], -18, 19, tf.int32),
+                               tf.float32), 0.0) / 180.0
+  img = tf.clip_by_value(image + beta, 0.0, 255.0)
+  img = tf.clip_by_value(img * tf.where(contrast_first, alpha, 1.0), 0.0, 255.0)
+  hsv = tf.image.rgb_to_hsv(img / 255.0)
+  h = tf.math.floormod(hsv[..., 0] + hue, 1.0)
+  sv = tf.clip_by_value(hsv[..., 1] * sat, 0.0, 1.0)
+  img = tf.image.hsv_to_rgb(tf.stack([h, sv, hsv[..., 2]], axis=-1)) * 255.0
+  img = tf.clip_by_value(img * tf.where(contrast_first, 1.0, alpha), 0.0, 255.0)
+  return img

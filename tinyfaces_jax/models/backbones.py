@@ -144,13 +144,15 @@ VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 class VGG16(nn.Module):
   """VGG16 convolutions (3x3 + bias + ReLU, 2x2 max pools between blocks; no BatchNorm, no
-  classifier), torchvision `vgg16().features` layout. Taps {"C3": conv4_3, stride 8, 512 ch;
-  "C4": conv5_3, stride 16, 512 ch} (the HR-VGG16 taps); blocks up to `last_block` (1-5).
-  Pools use ceil mode, so a tap of stride s has ceil(H / s) x ceil(W / s) cells. Conv j of
-  block b is named f"conv{b}_{j}".
+  classifier), torchvision `vgg16().features` layout. Taps {"C2": conv3_3, stride 4, 256 ch;
+  "C3": conv4_3, stride 8, 512 ch; "C4": conv5_3, stride 16, 512 ch}; blocks up to
+  `last_block` (1-5). `ceil_pools[k]` is the rounding of the pool before block k + 2 (Caffe's
+  ceil mode by default: a tap of stride s then has ceil(H / s) x ceil(W / s) cells; False:
+  PyTorch's default floor). Conv j of block b is named f"conv{b}_{j}".
   """
   last_block: int = 5
   conv: Callable = Conv2D
+  ceil_pools: tuple = (True, True, True, True)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -158,15 +160,20 @@ class VGG16(nn.Module):
     taps = {}
     for b, (features, n) in enumerate(VGG16_BLOCKS[:self.last_block], start=1):
       if b > 1:
-        h, w = x.shape[1:3]
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=((0, h % 2), (0, w % 2)))
+        x = max_pool_2x2(x, self.ceil_pools[b - 2])
       for j in range(1, n + 1):
         x = jax.nn.relu(self.conv(features, 3, use_bias=True, name=f"conv{b}_{j}")(x))
-      if b == 4:
-        taps["C3"] = x
-      if b == 5:
-        taps["C4"] = x
+      if b >= 3:
+        taps[f"C{b - 1}"] = x
     return taps
+
+
+def max_pool_2x2(x, ceil: bool = True):
+  """2x2 / stride-2 max pool of [B, H, W, C]: ceil(H / 2) rows when `ceil` (Caffe; the odd
+  last row pooled alone), else floor(H / 2) (PyTorch's default)."""
+  h, w = x.shape[1:3]
+  pad = ((0, h % 2), (0, w % 2)) if ceil else ((0, 0), (0, 0))
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding=pad)
 
 
 BACKBONE_TAPS = {"mobilenet0.25": ("C3", "C4", "C5"),

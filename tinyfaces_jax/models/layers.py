@@ -73,7 +73,8 @@ def _fast_paths() -> bool:
 
 
 class Conv2D(nn.Module):
-  """conv with PyTorch padding k // 2 (stride s: H -> floor((H + 2 (k // 2) - k) / s) + 1).
+  """conv with PyTorch padding k // 2 (stride s: H -> floor((H + 2 (k // 2) - k) / s) + 1);
+  `padding` / `dilation` as torch's Conv2d when given (S3FD's fc6: pad 3, or pad 6 dilation 6).
 
   [B, H, W, C_in] -> [B, Ho, Wo, features]. Parameters as `nn.Conv`: kernel (lecun normal),
   bias (zeros) when `use_bias`.
@@ -87,24 +88,28 @@ class Conv2D(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.lecun_normal()
+  padding: Optional[int] = None
+  dilation: int = 1
 
   @nn.compact
   def __call__(self, x):
     if self.impl not in IMPLS:
       raise ValueError(f"unknown conv impl {self.impl!r}; known: {IMPLS}")
     cin = x.shape[-1]
-    k, s, p = self.kernel, self.stride, self.kernel // 2
+    k, s, d = self.kernel, self.stride, self.dilation
+    p = self.kernel // 2 * d if self.padding is None else self.padding
     w = self.param("kernel", self.kernel_init,
                    (k, k, cin // self.groups, self.features), self.param_dtype)
     dtype = jnp.promote_types(x.dtype, jnp.float32) if self.dtype is None else self.dtype
     x, w = x.astype(dtype), w.astype(dtype)
     fast = self.impl == "fast" or (self.impl == "auto" and _fast_paths())
-    if fast and self.groups > 1 and self.groups == cin == self.features:
+    plain = d == 1 and p == k // 2
+    if fast and plain and self.groups > 1 and self.groups == cin == self.features:
       y = depthwise_shift_add(x, w[:, :, 0, :], s, p)
-    elif fast and k == 1 and self.groups == 1:
+    elif fast and plain and k == 1 and self.groups == 1:
       y = jnp.einsum("bhwc,cd->bhwd", x[:, ::s, ::s], w[0, 0])
     else:
-      y = lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
+      y = lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                    feature_group_count=self.groups)
     if self.use_bias:

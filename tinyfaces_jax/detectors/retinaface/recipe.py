@@ -15,32 +15,6 @@ RGB_MEAN = tuple(MEAN_BGR[::-1])
 PRE_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
 
 
-def photometric_distort(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """RetinaFace `_distort` (Pytorch_Retinaface data/data_augment.py) on float32 [H, W, 3]
-  RGB 0..255. With p=0.5 the order is brightness, contrast, saturation, hue, else brightness,
-  saturation, hue, contrast; each op applied independently with p=0.5:
-    brightness: + U(-32, 32); contrast: * U(0.5, 1.5); both clipped to [0, 255];
-    saturation (HSV S): * U(0.5, 1.5), clipped; hue: + randint(-18, 18) OpenCV units (of 180)
-    = +-36 degrees, wrapped.
-  Skipped ops use identity parameters (vectorised, no tf.cond)."""
-  s = T.split_seed(seed, 6)
-  coin = T.uniform(s[0], [5]) < 0.5
-  contrast_first, do_b, do_c, do_s, do_h = [coin[i] for i in range(5)]
-  beta = tf.where(do_b, T.uniform(s[1], (), -32.0, 32.0), 0.0)
-  alpha = tf.where(do_c, T.uniform(s[2], (), 0.5, 1.5), 1.0)
-  sat = tf.where(do_s, T.uniform(s[3], (), 0.5, 1.5), 1.0)
-  hue = tf.where(do_h, tf.cast(tf.random.stateless_uniform((), s[4], -18, 19, tf.int32),
-                               tf.float32), 0.0) / 180.0
-  img = tf.clip_by_value(image + beta, 0.0, 255.0)
-  img = tf.clip_by_value(img * tf.where(contrast_first, alpha, 1.0), 0.0, 255.0)
-  hsv = tf.image.rgb_to_hsv(img / 255.0)
-  h = tf.math.floormod(hsv[..., 0] + hue, 1.0)
-  sv = tf.clip_by_value(hsv[..., 1] * sat, 0.0, 1.0)
-  img = tf.image.hsv_to_rgb(tf.stack([h, sv, hsv[..., 2]], axis=-1)) * 255.0
-  img = tf.clip_by_value(img * tf.where(contrast_first, 1.0, alpha), 0.0, 255.0)
-  return img
-
-
 def crop_candidates(boxes: tf.Tensor, hw: tf.Tensor, seed: tf.Tensor, *,
                            num_candidates: int = 250, img_dim: int = 640,
                            scale_mode: str = "pre_scales", min_face_px: float = 0.0):
@@ -118,7 +92,7 @@ def transform(ex: dict, seed: tf.Tensor, *, size: int = 640,
   lm = tf.where(found, tf.clip_by_value(lm, 0.0, tf.cast(crop_wh, tf.float32)), lm)
   lm = tf.where(ex["landmarks_present"][:, None, None], lm, -tf.ones_like(lm))
   if distort:
-    crop = photometric_distort(crop, s[1])
+    crop = T.photometric_distort(crop, s[1])
   side = tf.reduce_max(crop_wh)  # == crop side when found, else long side
   canvas = T.paste(crop, 0, 0, side, side, rgb_mean)
   out = dict(ex, image=canvas, boxes=boxes, landmarks=lm,
