@@ -31,11 +31,8 @@ def get_config(arg=None):
   a = common.parse_arg(arg, variant="caffe", embedded=False, test=False, steps=0, fddb="")
   c = common.get_config()
   c.detector = "s3fd"
-  c.model.variant = a.variant
-  c.loss.matcher = "s3fd"
-  c.loss.pos_iou = 0.35
-  c.loss.neg_pos_ratio = 3.0
-  c.loss.loc_weight = 1.0
+  c.model.variant = a.variant          # the loss section stays empty: the family's own
+                                       # defaults (detectors/s3fd LOSS_DEFAULTS) apply
 
   c.data.source = "wider"
   c.data.recipe = "s3fd"
