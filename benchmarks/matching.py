@@ -47,7 +47,7 @@ def make_batch(rng, batch, slots, size=640):
 
 def jax_step(anchors, ratio=3.0):
   def step(gt, mask, losses):
-    m = matching.match_s3fd_batch(anchors, gt, mask)
+    m = matching.match_s3fd_batch(anchors, gt, mask, force="best", stage2="average")  # = peer
     neg = sampling.batched_hard_negative_mask(losses, m.labels, ratio)
     return m.labels, m.matched_gt, neg
   return jax.jit(step)

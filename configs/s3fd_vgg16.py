@@ -6,7 +6,8 @@
 Recipe (../shared/references/s3fd_ssh.md 1.3-1.6): 640x640 crops of the Caffe data layer
 (detectors/s3fd/recipe.py), batch 32, SGD momentum 0.9, weight decay 5e-4, lr 1e-3 divided by
 10 at 80k and 100k of 120k iterations; anchors 16..512 on strides 4..128, two-stage matching
-at IoU 0.35, 3:1 hard negatives per image, loc weight 1; the trunk from a torchvision VGG16
+(SSD bipartite then IoU >= 0.35; faces with fewer than 6 anchors topped up from IoU > 0.1),
+3:1 hard negatives per image, loc weight 1; the trunk from a torchvision VGG16
 (`init.backbone`; none ships offline), the other layers from random initialisation (lecun
 normal; the release used xavier). Test: single scale at the
 original size, softmax > 0.05, NMS 0.3 on the top 5000, keep 750 (the deploy
@@ -20,6 +21,10 @@ Arguments (`s3fd_vgg16.py:arg,...`):
               release refuses to load into another variant.
   embedded    the embedded dataset on CPU (320 px crops, random initialisation: no VGG16
               ImageNet weights exist offline).
+  stage2=S    S3FD's stage two: author (default: faces with < 6 anchors take their best free
+              anchors with IoU > 0.1), average (up to the image's stage-one average), yxlijun
+              (S3FD.pytorch's image-global top N, with its best-prior forcing; the default of
+              variant=yxlijun).
   test        a tiny shrink for the tests.   steps=N: the schedule scaled to N steps.
   fddb=DIR    also evaluate on FDDB (DIR holds originalPics/ and FDDB-folds/).
 """
@@ -28,11 +33,18 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, variant="caffe", embedded=False, test=False, steps=0, fddb="")
+  a = common.parse_arg(arg, variant="caffe", embedded=False, test=False, steps=0, fddb="",
+                       stage2="")
   c = common.get_config()
   c.detector = "s3fd"
-  c.model.variant = a.variant          # the loss section stays empty: the family's own
-                                       # defaults (detectors/s3fd LOSS_DEFAULTS) apply
+  c.model.variant = a.variant
+  # The loss section holds only what differs from the family's defaults (detectors/s3fd
+  # LOSS_DEFAULTS: bipartite stage one, the author's stage two).
+  stage2 = a.stage2 or ("yxlijun" if a.variant == "yxlijun" else "author")
+  if stage2 != "author":
+    c.loss.stage2 = stage2
+  if stage2 == "yxlijun":
+    c.loss.force = "best"                # S3FD.pytorch forces each face's best prior
 
   c.data.source = "wider"
   c.data.recipe = "s3fd"

@@ -19,7 +19,7 @@ def np_priorbox_loop(image_hw, strides, sizes):
   return np.array(out, np.float32)
 
 
-@pytest.mark.parametrize("name", ["retinaface", "retinaface_1mb", "s3fd", "ssh"])
+@pytest.mark.parametrize("name", ["retinaface", "retinaface_1mb", "s3fd"])
 @pytest.mark.parametrize("hw", [(640, 640), (480, 640), (37, 101)])
 def test_grid_matches_loop(name, hw):
   spec = anchors.get_spec(name)
@@ -27,6 +27,17 @@ def test_grid_matches_loop(name, hw):
   np.testing.assert_allclose(got, np_priorbox_loop(hw, spec.strides, spec.sizes), atol=1e-4)
   slices = anchors.level_slices(spec, hw)
   assert slices[-1].stop == len(got)
+
+
+def test_ssh_is_py_faster_rcnn_generate_anchors():
+  """SSH: the generate_anchors windows of base 16 (centre 7.5, +1 widths) shifted by the
+  stride (tests/reference/ssh.py states the release's generator)."""
+  from tests.reference import ssh as ssh_ref
+  hw = (37, 101)
+  got = anchors.anchor_grid(anchors.SSH, hw)
+  want = [ssh_ref.anchor_grid(s, ssh_ref.MODULES[m][1], (-(-hw[0] // s), -(-hw[1] // s)))
+          for m, s in zip(("m1", "m2", "m3"), (8, 16, 32))]
+  np.testing.assert_array_equal(got, np.concatenate(want))
 
 
 def test_s3fd_count_at_640():

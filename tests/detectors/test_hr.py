@@ -14,6 +14,7 @@ from tinyfaces_jax import detectors
 from tinyfaces_jax.detectors.hr import loss as hr_loss
 from tinyfaces_jax.detectors import hr as hr_detector
 from tinyfaces_jax.detectors.hr import model as hr
+from tinyfaces_jax.models import layers
 from tinyfaces_jax.models import backbones
 
 
@@ -41,7 +42,7 @@ def bilinear_u(k):
 @pytest.mark.parametrize("hw", [(4, 4), (5, 7), (1, 3)])
 def test_bilinear_upsample_is_matconvnet_conv_transpose(hw):
   x = np.random.default_rng(0).normal(size=(1, *hw, 3)).astype(np.float32)
-  got = np.asarray(hr.bilinear_upsample_2x(jnp.asarray(x)))
+  got = np.asarray(layers.bilinear_upsample_2x(jnp.asarray(x), (2 * hw[0] - 1, 2 * hw[1] - 1)))
   for c in range(3):
     want = matconvnet_conv_transpose(x[0, :, :, c].astype(np.float64), bilinear_u(4), 2,
                                      (1, 2, 1, 2))

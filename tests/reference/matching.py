@@ -1,7 +1,8 @@
 """Plain-numpy reference matchers, written with loops from the reference semantics.
 
-These restate ssd.pytorch / Pytorch_Retinaface `match`, S3FD's two-stage matching (paper +
-author statements, see tinyfaces_jax/detection/matching.py) and peiyunh/tiny
+These restate ssd.pytorch / Pytorch_Retinaface `match`, SSD Caffe's bipartite MatchBBox, S3FD's
+two-stage matching (paper + author statements, and S3FD.pytorch's variant; see
+tinyfaces_jax/detection/matching.py) and peiyunh/tiny
 `cnn_get_batch_hardmine.m`, one face / one box at a time, without calling the jax code.
 IoUs are computed in float32 with the same operation order as box_ops (so thresholds and ties
 are decided on identical numbers); loops run over faces, vectorised over boxes only for speed.
@@ -67,21 +68,52 @@ def _best_per_face(ov):
   return _best_per_box(ov.T)
 
 
-def match_anchors(anchors, gt, mask, pos_iou, neg_iou=None, force_match=True,
+def bipartite(ov, eligible):
+  """SSD Caffe MatchBBox's bipartite step (weiliu89/caffe ssd src/caffe/util/bbox_util.cpp):
+  while faces remain, scan anchors (outer) and remaining faces (inner) for the largest IoU
+  (strictly greater replaces: lowest anchor, then lowest face, on ties), over pairs with IoU
+  > 1e-6 whose anchor is untaken; give it, remove both. -> {anchor: face}."""
+  n, m = ov.shape
+  faces = [j for j in range(m) if eligible[j]]
+  taken, out = set(), {}
+  while faces:
+    best, bi, bj = F(-1), -1, -1
+    for i in range(n):
+      if i in taken:
+        continue
+      for j in faces:
+        if ov[i, j] > F(1e-6) and ov[i, j] > best:
+          best, bi, bj = ov[i, j], i, j
+    if bi < 0:
+      break
+    out[bi] = bj
+    taken.add(bi)
+    faces.remove(bj)
+  return out
+
+
+def match_anchors(anchors, gt, mask, pos_iou, neg_iou=None, force="best",
                   force_min_iou=0.0, pixel_offset=0.0):
-  """SSD/RetinaFace `match`: thresholds, then each forced face re-points its best prior
-  (loop in face order, so the later face wins a shared prior). -> labels, matched, max_iou."""
+  """SSD/RetinaFace `match` (force "best": each forced face re-points its best prior, loop in
+  face order, so the later face wins a shared prior), SSD Caffe's bipartite forcing ("bipartite")
+  or thresholds only ("none"). -> labels, matched, max_iou."""
   neg_iou = pos_iou if neg_iou is None else neg_iou
   valid = valid_faces(gt, mask)
   ov = overlaps(anchors, gt, valid, pixel_offset)
   best_truth_overlap, best_truth_idx = _best_per_box(ov)
   best_prior_overlap, best_prior_idx = _best_per_face(ov)
   forced = np.zeros(len(anchors), bool)
-  for j in range(ov.shape[1]):
-    if (force_match and valid[j] and best_prior_overlap[j] >= F(force_min_iou)
-        and best_prior_overlap[j] > 0):
-      best_truth_idx[best_prior_idx[j]] = j
-      forced[best_prior_idx[j]] = True
+  eligible = [bool(valid[j] and best_prior_overlap[j] >= F(force_min_iou)
+                   and best_prior_overlap[j] > 0) for j in range(ov.shape[1])]
+  if force == "best":
+    for j in range(ov.shape[1]):
+      if eligible[j]:
+        best_truth_idx[best_prior_idx[j]] = j
+        forced[best_prior_idx[j]] = True
+  elif force == "bipartite":
+    for i, j in bipartite(ov, eligible).items():
+      best_truth_idx[i] = j
+      forced[i] = True
   labels = np.zeros(len(anchors), np.int64)
   for i in range(len(anchors)):
     if forced[i] or best_truth_overlap[i] >= F(pos_iou):
@@ -93,23 +125,28 @@ def match_anchors(anchors, gt, mask, pos_iou, neg_iou=None, force_match=True,
   return labels, best_truth_idx, best_truth_overlap
 
 
-def match_s3fd(anchors, gt, mask, stage1_iou=0.35, stage2_iou=0.1, neg_iou=None,
-               max_stage2_per_face=None, force_min_iou=0.0, pixel_offset=0.0):
-  """S3FD: stage one at 0.35; N = positives // valid faces; faces with < N anchors take their
-  best unmatched candidates (best face is this face, IoU > 0.1) until they have N."""
+def match_s3fd(anchors, gt, mask, stage1_iou=0.35, stage2_iou=0.1, stage2="author", stage2_n=6,
+               neg_iou=None, force="bipartite", force_min_iou=0.0, pixel_offset=0.0):
+  """S3FD: stage one at 0.35. "author": faces with < 6 anchors take their best unmatched
+  candidates (best face is this face, IoU > 0.1) until they have 6; "average": the same up to
+  N = positives // valid faces; "yxlijun": S3FD.pytorch's image-global top-N (see below)."""
   labels, matched, best = match_anchors(anchors, gt, mask, stage1_iou, neg_iou,
-                                        True, force_min_iou, pixel_offset)
+                                        force, force_min_iou, pixel_offset)
   labels = labels.copy()
   valid = valid_faces(gt, mask)
+  stage1_pos = labels == 1
+  if stage2 == "yxlijun":
+    return _yxlijun_stage2(anchors, gt, valid, labels, matched, best, stage1_iou, stage2_iou,
+                           pixel_offset)
   counts = [0] * len(valid)
   for i in range(len(labels)):
     if labels[i] == 1:
       counts[matched[i]] += 1
   num_valid = int(valid.sum())
-  n = sum(counts) // num_valid if num_valid else 0
-  if max_stage2_per_face is not None:
-    n = min(n, max_stage2_per_face)
-  stage1_pos = labels == 1
+  if stage2 == "author":
+    n = stage2_n
+  else:
+    n = sum(counts) // num_valid if num_valid else 0
   for j in range(len(valid)):
     if not valid[j] or counts[j] >= n:
       continue
@@ -118,6 +155,30 @@ def match_s3fd(anchors, gt, mask, stage1_iou=0.35, stage2_iou=0.1, neg_iou=None,
     cands.sort(key=lambda i: (-best[i], i))
     for i in cands[:n - counts[j]]:
       labels[i] = 1
+  return labels, matched, best
+
+
+def _yxlijun_stage2(anchors, gt, valid, labels, matched, best, th2, th1, off):
+  """yxlijun/S3FD.pytorch layers/bbox_utils.py `match`, lines after the forced best priors:
+  N = (sum(best_prior_overlap > 0.35) + sum(best_prior_overlap > 0.5)) // 2 over the faces;
+  the anchors with 0.1 < best_truth_overlap < 0.35 (forced ones carry 2 there) sorted by IoU
+  descending (torch sort; ties: lower index first here); N = sum of the top N IoUs when that
+  is < N, used as a slice bound (floor); those anchors += 1 (positive)."""
+  ov = overlaps(anchors, gt, valid, off)
+  best_prior_overlap, _ = _best_per_face(ov)
+  n = 0
+  for j in range(len(valid)):
+    if valid[j]:
+      n += int(best_prior_overlap[j] > F(th2)) + int(best_prior_overlap[j] > F(0.5))
+  n //= 2
+  cands = [i for i in range(len(labels)) if labels[i] != 1 and F(th1) < best[i] < F(th2)]
+  cands.sort(key=lambda i: (-best[i], i))
+  top = [best[i] for i in cands[:n]]
+  total = float(np.sum(np.asarray(top, np.float32))) if top else 0.0
+  if total < n:
+    n = int(np.floor(total))
+  for i in cands[:n]:
+    labels[i] = 1
   return labels, matched, best
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -26,11 +26,17 @@ class AnchorSpec:
   Attributes:
     strides: per level L, the feature stride in input pixels.
     sizes: per level, the square anchor side lengths (pixels) at every cell.
-    offset: cell-centre offset in units of the stride.
+    offset: cell-centre offset in units of the stride (centre of cell i: (i + offset) *
+      stride).
+    centre_px: when set, the centre of cell i is centre_px + i * stride on every level instead
+      (py-faster-rcnn / SSH: the 16 px base window's centre 7.5).
+    pixel_offset: 1 for the +1 pixel convention (x2 - x1 + 1 = size: SSH), 0 continuous.
   """
   strides: tuple[int, ...]
   sizes: tuple[tuple[float, ...], ...]
   offset: float = 0.5
+  centre_px: Optional[float] = None
+  pixel_offset: float = 0.0
 
   def __post_init__(self):
     if len(self.strides) != len(self.sizes):
@@ -56,8 +62,10 @@ RETINAFACE_1MB = AnchorSpec(strides=(8, 16, 32), sizes=((10, 20), (32, 64), (128
 # S3FD (Zhang et al. 2017, Table 1): one square anchor of 4x the stride per level.
 S3FD = AnchorSpec(strides=(4, 8, 16, 32, 64, 128), sizes=((16,), (32,), (64,), (128,),
                                                           (256,), (512,)))
-# SSH (Najibi et al. 2017): M1 {16, 32} on stride 8, M2 {64, 128} on 16, M3 {256, 512} on 32.
-SSH = AnchorSpec(strides=(8, 16, 32), sizes=((16, 32), (64, 128), (256, 512)))
+# SSH (Najibi et al. 2017, SSH/layers/generate_anchors.py): M1 {16, 32} on stride 8, M2 {64, 128}
+# on 16, M3 {256, 512} on 32; every centre at 7.5 + stride * i, +1 pixel widths.
+SSH = AnchorSpec(strides=(8, 16, 32), sizes=((16, 32), (64, 128), (256, 512)), centre_px=7.5,
+                 pixel_offset=1.0)
 
 PRESETS = {"retinaface": RETINAFACE, "retinaface_1mb": RETINAFACE_1MB, "s3fd": S3FD,
            "ssh": SSH}
@@ -78,12 +86,18 @@ def feature_sizes(image_hw: tuple[int, int], strides: Sequence[int]) -> list[tup
 
 
 def level_anchors(fh: int, fw: int, stride: float, sizes: Sequence[float],
-                  offset: float = 0.5) -> np.ndarray:
-  """Anchors of one level: [fh * fw * len(sizes), 4] xyxy float32, order (row, col, size)."""
-  ys = (np.arange(fh, dtype=np.float64) + offset) * stride
-  xs = (np.arange(fw, dtype=np.float64) + offset) * stride
+                  offset: float = 0.5, centre_px: Optional[float] = None,
+                  pixel_offset: float = 0.0) -> np.ndarray:
+  """Anchors of one level: [fh * fw * len(sizes), 4] xyxy float32, order (row, col, size);
+  centres and widths as the AnchorSpec fields of the same names."""
+  if centre_px is None:
+    ys = (np.arange(fh, dtype=np.float64) + offset) * stride
+    xs = (np.arange(fw, dtype=np.float64) + offset) * stride
+  else:
+    ys = centre_px + np.arange(fh, dtype=np.float64) * stride
+    xs = centre_px + np.arange(fw, dtype=np.float64) * stride
   cy, cx, sz = np.meshgrid(ys, xs, np.asarray(sizes, np.float64), indexing="ij")
-  half = sz / 2.0
+  half = (sz - pixel_offset) / 2.0
   boxes = np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
   return boxes.reshape(-1, 4).astype(np.float32)
 
@@ -103,7 +117,7 @@ def anchor_grid(spec: AnchorSpec, image_hw: tuple[int, int],
   if len(fmap_sizes) != spec.num_levels:
     raise ValueError(f"anchor_grid: {len(fmap_sizes)} feature maps for "
                      f"{spec.num_levels} levels")
-  parts = [level_anchors(fh, fw, s, z, spec.offset)
+  parts = [level_anchors(fh, fw, s, z, spec.offset, spec.centre_px, spec.pixel_offset)
            for (fh, fw), s, z in zip(fmap_sizes, spec.strides, spec.sizes)]
   return np.concatenate(parts, axis=0)
 

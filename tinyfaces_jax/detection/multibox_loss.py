@@ -28,14 +28,24 @@ class MultiboxLossConfig:
 
   matcher: "argmax" (SSD/RetinaFace) or "s3fd" (two-stage).
   pos_iou / neg_iou: matching thresholds (neg_iou None = pos_iou, no ignore zone).
+  force: forced anchors of stage one, matching.FORCE_MODES: "best" (each face's best anchor,
+    ssd.pytorch / RetinaFace), "bipartite" (SSD Caffe's greedy bipartite, the S3FD release),
+    "none"; bipartite_k: the anchors each face walks in the bipartite matching.
   force_min_iou: faces whose best anchor IoU is below it are not force-matched (RetinaFace 0.2).
+  stage2 / stage2_n: S3FD's stage two (matching.STAGE2_MODES: "author" tops faces up to
+    stage2_n = 6 anchors, "average" to the image's stage-one average, "yxlijun" the
+    S3FD.pytorch image-global variant); only for matcher "s3fd".
   neg_pos_ratio: hard negatives per positive (RetinaFace 7, SSD/S3FD 3).
   variances: box coder variances.
   """
   matcher: str = "argmax"
   pos_iou: float = 0.35
   neg_iou: Optional[float] = None
+  force: str = "best"
+  bipartite_k: int = 16
   force_min_iou: float = 0.2
+  stage2: str = "author"
+  stage2_n: int = 6
   neg_pos_ratio: float = 7.0
   variances: tuple[float, float] = box_coder.SSD_VARIANCES
   loc_weight: float = 2.0
@@ -45,6 +55,12 @@ class MultiboxLossConfig:
     if self.matcher not in ("argmax", "s3fd"):
       raise ValueError(f"MultiboxLossConfig.matcher must be 'argmax' or 's3fd', got "
                        f"{self.matcher!r}")
+    if self.force not in matching.FORCE_MODES:
+      raise ValueError(f"MultiboxLossConfig.force must be one of {matching.FORCE_MODES}, got "
+                       f"{self.force!r}")
+    if self.stage2 not in matching.STAGE2_MODES:
+      raise ValueError(f"MultiboxLossConfig.stage2 must be one of {matching.STAGE2_MODES}, "
+                       f"got {self.stage2!r}")
 
 
 def smooth_l1(x: Array, beta: float = 1.0) -> Array:
@@ -56,9 +72,11 @@ def smooth_l1(x: Array, beta: float = 1.0) -> Array:
 def match_batch(anchors: Array, boxes: Array, box_mask: Array,
                 cfg: MultiboxLossConfig) -> matching.Match:
   """anchors [A, 4], boxes [B, M, 4], box_mask [B, M] -> Match with [B, A] fields."""
-  kw = dict(neg_iou=cfg.neg_iou, force_min_iou=cfg.force_min_iou)
+  kw = dict(neg_iou=cfg.neg_iou, force=cfg.force, force_min_iou=cfg.force_min_iou,
+            bipartite_k=cfg.bipartite_k)
   if cfg.matcher == "s3fd":
-    return matching.match_s3fd_batch(anchors, boxes, box_mask, stage1_iou=cfg.pos_iou, **kw)
+    return matching.match_s3fd_batch(anchors, boxes, box_mask, stage1_iou=cfg.pos_iou,
+                                     stage2=cfg.stage2, stage2_n=cfg.stage2_n, **kw)
   return matching.match_anchors_batch(anchors, boxes, box_mask, pos_iou=cfg.pos_iou, **kw)
 
 

@@ -134,6 +134,41 @@ def batched_hard_negative_mask(losses, labels, neg_pos_ratio, *,
   return jax.vmap(fn, in_axes=(0, 0, None))(losses, labels, neg_pos_ratio)
 
 
+# ------------------------------------------------------------------ SSH OHEM ---
+
+
+def ohem_sample_mask(fg_scores, labels, *, num_samples: int = 256, fg_fraction: float = 0.25,
+                     hard_positives: bool = True, key=None) -> tuple[Array, Array]:
+  """SSH's online hard example mining for one image and one module (mahyarnajibi/SSH
+  `SSH/layers/anchor_target_layer.py` with its OHEM input).
+
+  Args:
+    fg_scores: [A] face probability of each anchor (a stop-gradient forward).
+    labels: [A] int32, 1 positive, 0 negative, -1 ignore.
+    num_samples / fg_fraction: 256 and 0.25: at most 64 positives, 256 - #kept positives
+      negatives.
+    hard_positives: keep the positives with the LOWEST scores when there are too many
+      (the release's HARD_POSITIVE_MINING); False: a uniform subset (needs `key`).
+    key: PRNG key for the random positive subset.
+  Returns:
+    (positives [A] bool, negatives [A] bool) sampled: negatives are the highest-scoring
+    label-0 anchors. Ties: lower anchor index first (the release's unstable numpy argsort
+    has no defined order).
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  scores = jnp.asarray(fg_scores, jnp.float32)
+  pos, neg = labels == 1, labels == 0
+  max_pos = int(fg_fraction * num_samples)
+  if hard_positives:
+    keep_pos = top_k_mask(-scores, pos, max_pos)
+  else:
+    if key is None:
+      raise ValueError("ohem_sample_mask: a random positive subset needs a PRNG key")
+    keep_pos = random_subset_mask(key, pos, max_pos)
+  n_neg = num_samples - jnp.sum(keep_pos, dtype=jnp.int32)
+  return keep_pos, top_k_mask(scores, neg, n_neg)
+
+
 # ------------------------------------------------------------------ Tiny Faces hardmine ---
 
 

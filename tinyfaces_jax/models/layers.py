@@ -119,7 +119,9 @@ class Conv2D(nn.Module):
 
 
 class ConvBN(nn.Module):
-  """Conv2D (no bias, named "conv") + BatchNorm ("bn") + optional activation.
+  """Conv2D (no bias, named "conv") + BatchNorm ("bn") + optional activation; with
+  `batch_norm=False` a biased Conv2D + activation instead (the plain Caffe conv + ReLU layers
+  of SSH's modules, with the same call signature).
 
   [B, H, W, C] -> [B, ceil(H / stride), ceil(W / stride), features].
   BatchNorm: epsilon 1e-5, momentum 0.9 (PyTorch's 0.1); statistics in float32.
@@ -133,14 +135,46 @@ class ConvBN(nn.Module):
   impl: str = "auto"
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  batch_norm: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = Conv2D(self.features, self.kernel, self.stride, self.groups, impl=self.impl,
-               dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = Conv2D(self.features, self.kernel, self.stride, self.groups,
+               use_bias=not self.batch_norm, impl=self.impl, dtype=self.dtype,
+               param_dtype=self.param_dtype, name="conv")(x)
+    if not self.batch_norm:
+      return activate(x, self.activation, self.negative_slope)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x)
     return activate(x, self.activation, self.negative_slope)
+
+
+def bilinear_upsample_2x(x, out_hw: Optional[tuple[int, int]] = None):
+  """A fixed bilinear 2x transposed conv per channel: Caffe's Deconvolution (kernel 4, stride 2,
+  pad 1, bilinear filler, one group per channel; SSH's conv5_128_up) and MatConvNet's
+  ConvTranspose(bilinear_u(4, 1, C), upsample 2) (HR's score4) alike.
+
+  [B, h, w, C] -> [B, 2h, 2w, C], then the top-left `out_hw` of it (MatConvNet's crop [1 2 1 2]
+  is out_hw = (2h - 1, 2w - 1); SSH crops to conv4's map). Separable with the 1-D taps (0.25,
+  0.75, 0.75, 0.25): along each axis out[2m] = 0.75 x[m] + 0.25 x[m - 1] and out[2m + 1] =
+  0.75 x[m] + 0.25 x[m + 1], with zeros outside the map.
+  """
+  def axis_up(v, axis, n_out):
+    n = v.shape[axis]
+    zero = jnp.zeros_like(jnp.take(v, jnp.arange(1), axis=axis))
+    prev = jnp.concatenate([zero, jnp.take(v, jnp.arange(n - 1), axis=axis)], axis=axis)
+    nxt = jnp.concatenate([jnp.take(v, jnp.arange(1, n), axis=axis), zero], axis=axis)
+    both = jnp.stack([0.75 * v + 0.25 * prev, 0.75 * v + 0.25 * nxt], axis=axis + 1)
+    shape = list(v.shape)
+    shape[axis] = 2 * n
+    out = both.reshape(shape)
+    return out if n_out == 2 * n else jnp.take(out, jnp.arange(n_out), axis=axis)
+
+  h, w = x.shape[1:3]
+  oh, ow = (2 * h, 2 * w) if out_hw is None else out_hw
+  if not (0 < oh <= 2 * h and 0 < ow <= 2 * w):
+    raise ValueError(f"bilinear_upsample_2x: cannot crop a {2 * h}x{2 * w} map to {oh}x{ow}")
+  return axis_up(axis_up(x, 1, oh), 2, ow)
 
 
 def layer_constructors(impl: str = "auto", dtype: Any = None,

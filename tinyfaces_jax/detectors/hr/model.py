@@ -7,7 +7,7 @@ As the official MatConvNet release builds it (peiyunh/tiny
   * `score_res4`: 1x1 conv (with bias, zero-initialised) on the stride-16 tap, 5T channels;
   * `score4`: upsampled 2x by a fixed bilinear transposed conv, exactly MatConvNet's
     ConvTranspose(bilinear_u(4, 1, 5T), upsample 2, crop [1 2 1 2]): an h x w map becomes
-    (2h - 1) x (2w - 1) (`bilinear_upsample_2x`);
+    (2h - 1) x (2w - 1) (`models.layers.bilinear_upsample_2x`);
   * `score_res3`: 1x1 conv on the stride-8 tap, cropped (top-left) to the size of score4 and
     added (`fusex`). For inputs whose stride-8 map has an even size, that drops its last row or
     column, which is what the release's crop layer does at test time (the PyTorch port's
@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tinyfaces_jax.models.backbones import MobileNetV1, ResNet, VGG16
-from tinyfaces_jax.models.layers import layer_constructors
+from tinyfaces_jax.models.layers import bilinear_upsample_2x, layer_constructors
 
 # peiyunh/tiny data/widerface/imageStats.mat averageImage (RGB).
 TINY_RGB_MEAN = (119.29959869, 110.54627228, 101.83843231)
@@ -66,29 +66,6 @@ class HRConfig:
       raise ValueError(f"unknown HR fusion {self.fusion!r}; known: {FUSIONS}")
 
 
-def bilinear_upsample_2x(x):
-  """MatConvNet ConvTranspose(bilinear_u(4, 1, C), upsample 2, crop [1 2 1 2]) per channel.
-
-  [B, h, w, C] -> [B, 2h - 1, 2w - 1, C]. Separable with the 1-D taps (0.25, 0.75, 0.75,
-  0.25): along each axis out[2m] = 0.75 x[m] + 0.25 x[m - 1] and out[2m + 1] = 0.75 x[m] +
-  0.25 x[m + 1], with zeros outside the map (so the first and last rows carry 0.75 only).
-  """
-  def axis_up(v, axis):
-    n = v.shape[axis]
-    zero = jnp.zeros_like(jnp.take(v, jnp.arange(1), axis=axis))
-    prev = jnp.concatenate([zero, jnp.take(v, jnp.arange(n - 1), axis=axis)], axis=axis)
-    nxt = jnp.concatenate([jnp.take(v, jnp.arange(1, n), axis=axis), zero], axis=axis)
-    even = 0.75 * v + 0.25 * prev
-    odd = 0.75 * v + 0.25 * nxt
-    both = jnp.stack([even, odd], axis=axis + 1)
-    shape = list(v.shape)
-    shape[axis] = 2 * n
-    out = both.reshape(shape)
-    return jnp.take(out, jnp.arange(2 * n - 1), axis=axis)
-
-  return axis_up(axis_up(x, 1), 2)
-
-
 def output_size(height: int, width: int) -> tuple[int, int]:
   """The (H, W) of score_cls for an input of height x width (every backbone here rounds its
   stride-8 map to ceil(H / 8) and its stride-16 map to ceil(H / 16))."""
@@ -118,7 +95,7 @@ class HybridResolution(nn.Module):
     score = functools.partial(conv, n, 1, use_bias=True,
                               kernel_init=nn.initializers.zeros)  # as released
     s4 = score(name="score_res4")(c4)
-    s4 = bilinear_upsample_2x(s4)
+    s4 = bilinear_upsample_2x(s4, (2 * s4.shape[1] - 1, 2 * s4.shape[2] - 1))  # crop [1 2 1 2]
     s3 = score(name="score_res3")(c3)
     s3 = s3[:, :s4.shape[1], :s4.shape[2]]
     if s3.shape[1:3] != s4.shape[1:3]:

@@ -3,7 +3,10 @@ variants and anchors; weights.py imports face-alignment's and S3FD.pytorch's fil
 
 Model section keys: `variant` (model.VARIANTS: caffe, face_alignment, yxlijun) plus any
 S3FDConfig field to override; loss section: multibox_loss.MultiboxLossConfig fields (S3FD
-defaults: two-stage matching at IoU 0.35, 3:1 hard negatives per image, loc weight 1).
+defaults, LOSS_DEFAULTS: stage one SSD Caffe's bipartite matching then IoU >= 0.35, stage two
+the author's (faces with < 6 anchors take their best free anchors with IoU > 0.1), 3:1 hard
+negatives per image ranked by background loss, both terms over the batch's positives, loc
+weight 1; `stage2` "average" / "yxlijun" for the other published variants).
 
 Preprocessing: RGB 0..255 -> BGR minus (104, 117, 123) (caffe, face_alignment), or RGB minus
 the same means in RGB order (yxlijun, whose weights were trained on RGB). Decoding: softmax
@@ -23,7 +26,8 @@ from tinyfaces_jax.detection import box_coder, multibox_loss
 from tinyfaces_jax.detectors.base import Detector
 from tinyfaces_jax.detectors.s3fd import model as model_lib, weights
 
-LOSS_DEFAULTS = dict(matcher="s3fd", pos_iou=0.35, neg_pos_ratio=3.0, loc_weight=1.0)
+LOSS_DEFAULTS = dict(matcher="s3fd", pos_iou=0.35, force="bipartite", force_min_iou=0.0,
+                     stage2="author", stage2_n=6, neg_pos_ratio=3.0, loc_weight=1.0)
 
 
 def build(model: dict, loss: dict) -> Detector:
