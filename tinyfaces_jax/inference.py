@@ -122,29 +122,34 @@ def _flip_back(boxes, landmarks, width: float, perm):
   return boxes, landmarks
 
 
+def run_branch(detector: Detector, variables, images, scale: float, flip: bool):
+  """One test branch: images [B, H, W, 3] resized by `scale` (static; `jax.image.resize`
+  linear), mirrored when `flip`, through the model and `detector.decode`, mapped back to the
+  pixels of `images`. -> (boxes [B, A, 4], scores [B, A], landmarks [B, A, P, 2] or None)."""
+  b, h, w, _ = images.shape
+  hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+  x = images if (hs, ws) == (h, w) else jax.image.resize(images, (b, hs, ws, 3), "linear")
+  if flip:
+    x = x[:, :, ::-1]
+  out = detector.model.apply(variables, detector.preprocess(x), train=False)
+  d = detector.decode(jax.tree.map(lambda v: v.astype(jnp.float32), out), (hs, ws),
+                      scale=scale)
+  boxes, landmarks = d["boxes"], d.get("landmarks")
+  if flip:
+    boxes, landmarks = _flip_back(boxes, landmarks, float(ws), detector.landmark_flip)
+  sx, sy = ws / w, hs / h
+  boxes = boxes / jnp.asarray([sx, sy, sx, sy], jnp.float32)
+  if landmarks is not None:
+    landmarks = landmarks / jnp.asarray([sx, sy], jnp.float32)
+  return boxes, d["scores"], landmarks
+
+
 def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
   """The jitted `predict(variables, images) -> dict` described in the module docstring, or
-  the family's own (`detector.make_predict(cfg)`, e.g. a cascade) with the same contract."""
+  the family's own (`detector.make_predict(cfg)`, e.g. a cascade or a release's test
+  protocol) with the same contract."""
   if detector.make_predict is not None:
     return detector.make_predict(cfg)
-
-  def branch(variables, images, scale: float, flip: bool):
-    b, h, w, _ = images.shape
-    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-    x = images if (hs, ws) == (h, w) else jax.image.resize(images, (b, hs, ws, 3), "linear")
-    if flip:
-      x = x[:, :, ::-1]
-    out = detector.model.apply(variables, detector.preprocess(x), train=False)
-    d = detector.decode(jax.tree.map(lambda v: v.astype(jnp.float32), out), (hs, ws),
-                        scale=scale)
-    boxes, landmarks = d["boxes"], d.get("landmarks")
-    if flip:
-      boxes, landmarks = _flip_back(boxes, landmarks, float(ws), detector.landmark_flip)
-    sx, sy = ws / w, hs / h
-    boxes = boxes / jnp.asarray([sx, sy, sx, sy], jnp.float32)
-    if landmarks is not None:
-      landmarks = landmarks / jnp.asarray([sx, sy], jnp.float32)
-    return boxes, d["scores"], landmarks
 
   flips = (False, True) if cfg.flip else (False,)
 
@@ -157,7 +162,8 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
   @jax.jit
   def predict(variables, images, image_hw=None):
     del image_hw  # see the module docstring
-    parts = [branch(variables, images, s, f) for s, f in branches_for(*images.shape[1:3])]
+    parts = [run_branch(detector, variables, images, s, f)
+             for s, f in branches_for(*images.shape[1:3])]
     if len(parts) == 1:
       boxes, scores, landmarks = parts[0]
       top_k: Optional[int] = cfg.pre_nms_top_k

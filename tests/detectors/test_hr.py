@@ -176,6 +176,35 @@ def test_decode_inverts_the_training_targets(shared_dir):
   assert np.all(s[..., :4] == 0) and np.all(s[..., 12:18] == 0)
 
 
+def test_border_mask_is_the_releases_violation_mask(shared_dir):
+  """border_mask: scores 0 exactly where cnn_widerface_test_AB.m's `violation` (1-based
+  pixels: cell centre ofx + (x - 1) stx plus the template, x1 <= 0 | y1 <= 0 | x2 > w | y2 > h)
+  flags the template; everything else as without the mask."""
+  path = shared_dir / "data/tinyfaces/RefBox_N25_scaled.mat"
+  from tinyfaces_jax.detectors.hr import templates
+  tpl = templates.load_templates(str(path)).boxes[:, :4]
+  kw = {"backbone": "mobilenet0.25", "templates": str(path)}
+  plain = detectors.build_detector("hr", kw)
+  masked = detectors.build_detector("hr", {**kw, "border_mask": True})
+  h, w, t = 7, 9, tpl.shape[0]
+  rng = np.random.default_rng(0)
+  outs = {"cls": jnp.asarray(rng.normal(size=(1, h, w, t)), jnp.float32),
+          "reg": jnp.asarray(0.1 * rng.normal(size=(1, h, w, 4 * t)), jnp.float32)}
+  image_hw = (50, 70)
+  a = np.asarray(plain.decode(outs, image_hw, 1.0)["scores"][0]).reshape(h, w, t)
+  b = np.asarray(masked.decode(outs, image_hw, 1.0)["scores"][0]).reshape(h, w, t)
+  ofs = 1.0                                      # mobilenet cell 0 at 0-based 0 = 1-based 1
+  viol = np.zeros((h, w, t), bool)
+  for y in range(h):
+    for x in range(w):
+      cx, cy = ofs + 8 * x, ofs + 8 * y
+      x1, y1, x2, y2 = cx + tpl[:, 0], cy + tpl[:, 1], cx + tpl[:, 2], cy + tpl[:, 3]
+      viol[y, x] = (x1 <= 0) | (y1 <= 0) | (x2 > image_hw[1]) | (y2 > image_hw[0])
+  assert viol.any() and (~viol & (a > 0)).any()
+  np.testing.assert_array_equal(b[viol], 0.0)
+  np.testing.assert_array_equal(b[~viol], a[~viol])
+
+
 def test_trunk_importers_cover_torchvision_layouts():
   """torchvision resnet101 (layer4 and fc ignored: HR stops at res4) and vgg16 (classifier
   ignored) state dicts fill every variable of the truncated trunks."""

@@ -263,3 +263,108 @@ def test_detect_on_a_face_alignment_file_is_its_pipeline(shared_dir, tmp_path, m
   assert len(got) == len(want)
   np.testing.assert_allclose([f["score"] for f in got], want[:, 4], atol=2e-4)
   np.testing.assert_allclose([f["box"] for f in got], want[:, :4], atol=0.05)
+
+
+# ----------------------------------------------------------------------------- release protocol
+def test_release_branches_follow_the_wider_test_script():
+  """sfd_test_code/WIDER_FACE/wider_test.py: shrink + flip, st for large faces, bt / doubling /
+  max_im_shrink for small ones (values worked out by hand from the script)."""
+  from tinyfaces_jax.detectors.s3fd import predict
+  ms = np.sqrt(0x7FFFFFFF / 577 / (768 * 1024))                     # 2.1755
+  assert predict.release_branches(768, 1024) == [
+      (1.0, False, "all"), (1.0, True, "all"), (0.5, False, "large"), (2.0, False, "small"),
+      (pytest.approx(ms), False, "small")]
+  ms = np.sqrt(0x7FFFFFFF / 577 / (200 * 300))                      # 7.876: 2, 4, then max
+  assert [b[0] for b in predict.release_branches(200, 300)][3:] == [2.0, 4.0, pytest.approx(ms)]
+  ms = np.sqrt(0x7FFFFFFF / 577 / (2000 * 3000))                    # 0.788: no enlargement
+  assert predict.release_branches(2000, 3000) == [
+      (pytest.approx(ms), False, "all"), (pytest.approx(ms), True, "all"),
+      (0.5, False, "large"), (pytest.approx((0.5 + ms) / 2), False, "large")]
+  ms = np.sqrt(0x7FFFFFFF / 577 / (2500 * 3000))                    # 0.704 < 0.75
+  assert predict.release_branches(2500, 3000)[2] == (pytest.approx(0.5 * ms), False, "large")
+  ms = np.sqrt(0x7FFFFFFF / 577 / (1200 * 1600))                    # 1.39: bt = max
+  assert predict.release_branches(1200, 1600)[3:] == [(pytest.approx(ms), False, "small")]
+
+
+@pytest.mark.slow
+def test_release_protocol_is_the_script_over_the_networks_branches(monkeypatch):
+  """The protocol predictor = per branch the deploy net's output (threshold 0.05, top 5000,
+  NMS 0.3, keep 750), the size filters, then the release's box voting (numpy references of
+  NMS and bbox_vote over the same branch outputs). A small Caffe blob limit gives a tiny
+  image the branch structure of a WIDER image (max_im_shrink 2.5: 1, flip, 0.5, 2, 2.5)."""
+  from tests.reference import box_voting as vote_ref
+  from tests.reference import nms as nms_ref
+  from tinyfaces_jax import inference
+  from tinyfaces_jax.detectors.s3fd import predict
+  hw = (48, 64)
+  monkeypatch.setattr(predict, "CAFFE_MAX_BLOB", 2.5 ** 2 * hw[0] * hw[1])
+  det = detectors.build_detector("s3fd", {"backbone": "mobilenet0.25",
+                                          "test_protocol": "release"}, {})
+  rng = np.random.default_rng(0)
+  variables = det.init_variables(hw, rng=jax.random.key(3))
+  # The release's 0.05 / 5000 with a higher threshold and fewer candidates: the numpy NMS
+  # reference is a Python loop.
+  cfg = inference.InferenceConfig(score_threshold=0.3, iou_threshold=0.3, pre_nms_top_k=300,
+                                  max_output=60)
+  images = jnp.asarray(rng.uniform(0, 255, (1, *hw, 3)), jnp.float32)
+  got = inference.make_predict_fn(det, cfg)(variables, images)
+  branches = predict.release_branches(*hw)
+  assert [round(b[0], 3) for b in branches] == [1.0, 1.0, 0.5, 2.0, 2.5]
+  pooled = []
+  for scale, flip, kind in branches:
+    b, s, _ = jax.jit(lambda v, x: inference.run_branch(det, v, x, scale, flip))(variables, images)
+    b, s = np.asarray(b[0]), np.asarray(s[0])
+    keep = nms_ref.nms_ref(b, s, 0.3, 60, score_threshold=0.3, pre_nms_top_k=300)
+    d = np.concatenate([b[keep], s[keep, None]], 1)
+    w, h = d[:, 2] - d[:, 0] + 1, d[:, 3] - d[:, 1] + 1
+    sel = {"all": np.ones(len(d), bool), "large": np.maximum(w, h) > 30,
+           "small": np.minimum(w, h) < 100}[kind]
+    pooled.append(d[sel])
+  want = vote_ref.bbox_vote(np.concatenate(pooled), 0.3, 60)
+  v = np.asarray(got["valid"][0])
+  assert v.sum() == len(want) > 3
+  np.testing.assert_allclose(np.asarray(got["scores"][0])[v], want[:, 4], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["boxes"][0])[v], want[:, :4], atol=2e-3)
+
+
+def test_mobilenet_s3fd_maps_and_weights_guard(tmp_path, monkeypatch):
+  det = detectors.build_detector("s3fd", {"backbone": "mobilenet0.25"}, {})
+  cfg = det.model.config
+  for hw in ((640, 640), (37, 101)):
+    out = jax.eval_shape(det.model.apply, jax.eval_shape(lambda: det.init_variables(hw)),
+                         jnp.zeros((1, *hw, 3)))
+    assert out["loc"].shape[1] == len(s3fd_model.anchors(cfg, hw))
+  assert s3fd_model.feature_sizes(cfg, (640, 640)) == [(160, 160), (80, 80), (40, 40),
+                                                       (20, 20), (10, 10), (5, 5)]
+  sd = synthetic_state_dict("face_alignment")
+  torch_files.write_state_dict(tmp_path / "s3fd.pth", sd, monkeypatch)
+  with pytest.raises(ValueError, match="VGG16 networks"):
+    det.import_weights(str(tmp_path / "s3fd.pth"))
+  with pytest.raises(settings.ConfigError, match="test_protocol"):
+    detectors.build_detector("s3fd", {"test_protocol": "relase"}, {})
+
+
+def test_data_anchor_sampling_rescales_a_face_to_an_anchor_size():
+  """PyramidBox data-anchor-sampling (S3FD.pytorch's anchor_crop_image_sampling): a 40 px face
+  (nearest anchor 32, so targets 16 / 32 / 64) ends 8..128 px in the 640 output (target x
+  2^U(-1, 1)), inside a window that contains it; the image content is the window's (ramps)."""
+  from tinyfaces_jax.detectors.s3fd import recipe
+  ex = _ramp_example(h=400, w=500, boxes=((200, 150, 239, 189),))        # 40 x 40 (+1)
+  sides = []
+  for i in range(16):
+    out = recipe.transform(ex, tf.constant([i, 11]), size=640, distort=False, flip_prob=0.0,
+                           anchor_sampling_prob=1.0)
+    (box,) = out["boxes"].numpy()
+    side = np.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+    sides.append(side)
+    assert 8 * 39 / 40 - 1 <= side <= 128 + 1
+    win = recipe.anchor_sample_window(ex["boxes"], tf.constant([400, 500]), tf.constant(
+        [0, 0], tf.int64), 640)
+    assert win.shape == (4,)
+    img = out["image"].numpy()
+    # Where the output shows the image (not the mean padding), its ramps give the source x, y
+    # of each output pixel: the face's output box must sit on the face's source pixels.
+    cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+    if 0 <= cx < 640 and 0 <= cy < 640:
+      np.testing.assert_allclose(img[cy, cx, :2] / RAMP, [219.5, 169.5], atol=2.0)
+  assert max(sides) / min(sides) > 2                                   # the scale varies

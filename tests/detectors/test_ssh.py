@@ -132,7 +132,7 @@ def test_no_anchor_inside_uses_all_and_no_faces():
     np.testing.assert_array_equal(np.asarray(match.labels[sl]) >= 0, want >= 0)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])
 def test_loss_equals_the_release_per_module_sum(seed):
   hw, gt, mask, a, _ = _targets_case(seed)
   rng = np.random.default_rng(10 + seed)
@@ -189,3 +189,44 @@ def test_detect_pipeline_and_pyramid_equal_the_release(tmp_path):
     assert v.sum() == len(want) >= 5 and np.ptp(want[:, 4]) > 0.05
     np.testing.assert_allclose(np.asarray(got["scores"][0])[v], want[:, 4], atol=2e-4)
     np.testing.assert_allclose(np.asarray(got["boxes"][0])[v], want[:, :4], atol=0.05)
+
+
+def test_recipe_scales_short_side_caps_long_side_and_flips():
+  import tensorflow as tf
+  from tinyfaces_jax.detectors.ssh import recipe
+  image = np.zeros((300, 500, 3), np.uint8)
+  image[:, :, 0] = np.arange(500)[None, :] // 2                   # a horizontal ramp
+  ex = dict(image=tf.constant(image), boxes=tf.constant([[50.0, 30.0, 150.0, 130.0]]),
+            landmarks=-tf.ones([1, 5, 2]), landmarks_present=tf.constant([False]),
+            trainable=tf.constant([True]), invalid=tf.constant([False]))
+  for short, size, want_scale in ((270, 400, 0.8), (120, 400, 0.4)):   # capped / by short
+    out = recipe.transform(dict(ex), tf.constant([0, 0]), size=size, short=short, flip_prob=0.0)
+    assert out["image"].shape == (size, size, 3)
+    np.testing.assert_allclose(out["valid_region"].numpy(),
+                               [0, 0, round(500 * want_scale), round(300 * want_scale)])
+    np.testing.assert_allclose(out["boxes"].numpy()[0], np.array([50, 30, 150, 130]) * want_scale,
+                               rtol=1e-5)
+    h = round(300 * want_scale)
+    # Padding is the mean colour (zero after preprocessing).
+    np.testing.assert_allclose(out["image"].numpy()[h + 1:, 0], np.broadcast_to(
+        np.asarray(ssh_model.MEAN_BGR[::-1], np.float32), (size - h - 1, 3)), atol=1e-4)
+  out = recipe.transform(dict(ex), tf.constant([0, 0]), size=400, short=270, flip_prob=1.0)
+  np.testing.assert_allclose(out["valid_region"].numpy(), [0, 0, 400, 240])
+  np.testing.assert_allclose(out["boxes"].numpy()[0], [400 - 120, 24, 400 - 40, 104], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arg", ["test", "backbone=mnet025,test"])
+def test_ssh_trains_and_evaluates_through_the_loop(tmp_path, arg):
+  """configs/ssh_vgg16.py:test through the training system on 8 devices: the recipe, the
+  OHEM loss, finite losses, a WIDER evaluation with predictions written."""
+  from configs import ssh_vgg16
+  from tinyfaces_jax.training import train
+  c = ssh_vgg16.get_config(arg)
+  c.data.data_dir = str(tmp_path / "tfds")
+  c.init.require = False
+  r = train.train_and_evaluate(c, str(tmp_path / "wd"))
+  assert r["step"] == 4 and not r["preempted"]
+  (final,) = r["evals"]
+  assert final["num_images"] == 8 and 0.0 <= final["scalars"]["wider/ap_hard"] <= 1.0
+  assert len(list((tmp_path / "wd/eval/step_4/wider/predictions").rglob("*.txt"))) == 8

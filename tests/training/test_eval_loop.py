@@ -73,3 +73,31 @@ def test_evaluators_by_type_and_their_config_errors(tmp_path):
   with pytest.raises(settings.ConfigError, match="config.eval.evaluators.f: images_dir is "
                                                  "required"):
     evaluators.make_evaluators({"f": {"type": "fddb", "folds_dir": str(tmp_path)}}, None, "")
+
+
+def test_wider_evaluator_logit_scores_same_aps(tmp_path):
+  """score_format=logit writes log(p / (1 - p)) (the HR release's raw scores) and leaves the
+  APs unchanged (a monotone map)."""
+  from tinyfaces_jax.evaluation import evaluators, wider_io
+  gt = wider_io.WiderGroundTruth(
+      keys=["0--a/img0", "0--a/img1"],
+      boxes=[np.array([[10, 10, 20, 20], [50, 50, 30, 30]], float), np.array([[5, 5, 40, 40]], float)],
+      keep={s: [np.array([True, True]), np.array([True])] for s in wider_io.SETTINGS},
+      version="current")
+  dets = {"0--a/img0.jpg": {"boxes": np.array([[10, 10, 30, 30], [50, 50, 80, 80], [0, 0, 5, 5]]),
+                            "scores": np.array([0.9, 0.4, 0.7])},
+          "0--a/img1.jpg": {"boxes": np.array([[5, 5, 45, 45], [100, 100, 120, 120]]),
+                            "scores": np.array([0.6, 0.95])}}
+  results = {}
+  for fmt in ("probability", "logit"):
+    (ev,) = evaluators.make_evaluators({"val": {"type": "wider", "score_format": fmt}}, None,
+                                       "validation")
+    ev._gt = gt
+    results[fmt] = ev.evaluate(dets, tmp_path / fmt)
+  assert results["probability"] == results["logit"]
+  rows = wider_io.read_predictions(tmp_path / "logit" / "predictions")
+  np.testing.assert_allclose(sorted(rows["0--a/img1"][:, 4]),
+                             sorted(np.log([0.6, 0.95]) - np.log1p(-np.array([0.6, 0.95]))),
+                             rtol=1e-4)
+  with pytest.raises(settings.ConfigError, match="score_format"):
+    evaluators.make_evaluators({"val": {"type": "wider", "score_format": "logits"}}, None, "v")

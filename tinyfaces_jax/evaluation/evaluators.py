@@ -94,10 +94,18 @@ class WiderEvaluator:
   class Options:
     """gt_dir: the official ground-truth .mat folder ("" = the split's own annotations);
     baselines_dir: official PR curves drawn beside ours ("" = none); split: "" = the run's
-    data.eval_split."""
+    data.eval_split; score_format: the scores in the submission files, "probability" (the
+    detectors' face probability) or "logit" (log(p / (1 - p)): what the HR release writes,
+    its raw score_cls; a monotone map, so the APs are the same)."""
     gt_dir: str = ""
     baselines_dir: str = ""
     split: str = ""
+    score_format: str = "probability"
+
+    def __post_init__(self):
+      if self.score_format not in ("probability", "logit"):
+        raise ValueError(f"score_format must be 'probability' or 'logit', got "
+                         f"{self.score_format!r}")
 
   def __init__(self, name: str, options: "WiderEvaluator.Options", builder, split: str,
                max_images: int = 0):
@@ -117,6 +125,10 @@ class WiderEvaluator:
 
   def evaluate(self, dets: dict, out_dir, method_name: str = "tinyfaces_jax") -> dict:
     rows = {os.path.splitext(k)[0]: submission_rows(d) for k, d in dets.items()}
+    if self.options.score_format == "logit":
+      for r in rows.values():
+        p = np.clip(r[:, 4], 1e-12, 1 - 1e-12)
+        r[:, 4] = np.log(p) - np.log1p(-p)
     gt = self.ground_truth()
     result = wider.evaluate(rows, gt, verbose=False)
     out = paths.resolve(out_dir)

@@ -58,8 +58,9 @@ MOBILENET_TAPS = {"stage1": "C3", "stage2": "C4", "stage3": "C5"}
 class MobileNetV1(nn.Module):
   """MobileNetV1-0.25 feature extractor (no classifier).
 
-  Input [B, H, W, 3] -> {"C3": [B, H/8, W/8, 64] (stage1), "C4": [B, H/16, W/16, 128]
-  (stage2), "C5": [B, H/32, W/32, 256] (stage3)} (sizes rounded up). Layer i of stage s is named
+  Input [B, H, W, 3] -> {"C2": [B, H/4, W/4, 32] (stage1 layer 3), "C3": [B, H/8, W/8, 64]
+  (stage1), "C4": [B, H/16, W/16, 128] (stage2), "C5": [B, H/32, W/32, 256] (stage3)} (sizes
+  rounded up). Layer i of stage s is named
   f"{s}_{i}" (PyTorch `stage{s}.{i}`).
   """
   activation: str = "leaky_relu"
@@ -78,6 +79,8 @@ class MobileNetV1(nn.Module):
           x = conv_bn(features, 3, stride, name=name)(x, train)
         else:
           x = DepthwiseSeparable(features, stride, conv_bn=conv_bn, name=name)(x, train)
+        if stage == "stage1" and i == 3:
+          taps["C2"] = x
       taps[MOBILENET_TAPS[stage]] = x
     return taps
 

@@ -9,6 +9,11 @@ activation, conv_impl, dtype; num_templates comes from the file) plus
                      (release: type B, 19-25, sigma 2: only on the 2x image)
   cell_offset        pixel of output cell 0's centre; None = the backbone's receptive-field
                      centre (`cell_offset`)
+  border_mask        score 0 for templates that cross the network input's border (the
+                     release's `violation` mask, commented out in cnn_widerface_test_AB.m:
+                     the box of cell + template, before regression, with x1 <= 0, y1 <= 0,
+                     x2 > W or y2 > H in its 1-based pixels; the input is the padded size
+                     bucket when images are padded). Off by default, as the release.
 Templates in neither list are never used at test time (the release ignores 1-4 and 13-18).
 
 Decoding (per test scale s, in the pixels of the network input): cell (y, x), template t at
@@ -69,6 +74,7 @@ class TemplateOptions:
   allscale_templates: tuple = DEFAULT_ALLSCALE
   onescale_templates: tuple = DEFAULT_ONESCALE
   cell_offset: Optional[float] = None
+  border_mask: bool = False
 
   def __post_init__(self):
     if not self.templates:
@@ -108,6 +114,10 @@ def build(model: dict, loss: dict) -> Detector:
     out = box_coder.decode_boxes(reg, grid.reshape(1, -1, 4), (1.0, 1.0), pixel_offset=1.0)
     on = jnp.asarray(np.tile(active_templates(tpl.sigma, float(scale), allscale, onescale),
                              h * w))
+    if opts.border_mask:   # the release's test in 1-based pixels: x1 + 1 <= 0 | x2 + 1 > W ...
+      ih, iw = image_hw
+      g = grid.reshape(-1, 4)
+      on = on & (g[:, 0] > -1.0) & (g[:, 1] > -1.0) & (g[:, 2] <= iw - 1.0) & (g[:, 3] <= ih - 1.0)
     scores = jnp.where(on[None, :], jax.nn.sigmoid(cls.reshape(b, -1)), 0.0)
     return {"boxes": out + inclusive, "scores": scores}
 

@@ -2,7 +2,9 @@
 variants and anchors; weights.py imports face-alignment's and S3FD.pytorch's files.
 
 Model section keys: `variant` (model.VARIANTS: caffe, face_alignment, yxlijun) plus any
-S3FDConfig field to override; loss section: multibox_loss.MultiboxLossConfig fields (S3FD
+S3FDConfig field to override, and `test_protocol`: "single" (the shared predictor: one pass,
+threshold, NMS, as the deploy net) or "release" (predict.py: the release's WIDER protocol with
+shrink, flip, 0.5x / up-scales with size filters and box voting); loss section: multibox_loss.MultiboxLossConfig fields (S3FD
 defaults, LOSS_DEFAULTS: stage one SSD Caffe's bipartite matching then IoU >= 0.35, stage two
 the author's (faces with < 6 anchors take their best free anchors with IoU > 0.1), 3:1 hard
 negatives per image ranked by background loss, both terms over the batch's positives, loc
@@ -26,6 +28,7 @@ from tinyfaces_jax.detection import box_coder, multibox_loss
 from tinyfaces_jax.detectors.base import Detector
 from tinyfaces_jax.detectors.s3fd import model as model_lib, weights
 
+PROTOCOLS = ("single", "release")
 LOSS_DEFAULTS = dict(matcher="s3fd", pos_iou=0.35, force="bipartite", force_min_iou=0.0,
                      stage2="author", stage2_n=6, neg_pos_ratio=3.0, loc_weight=1.0)
 
@@ -35,6 +38,9 @@ def build(model: dict, loss: dict) -> Detector:
   section (MultiboxLossConfig fields over LOSS_DEFAULTS)."""
   model = dict(model)
   variant = model.pop("variant", "caffe")
+  protocol = model.pop("test_protocol", "single")
+  if protocol not in PROTOCOLS:
+    raise settings.ConfigError(f"config.model.test_protocol: {protocol!r}; known: {PROTOCOLS}")
   if variant not in model_lib.VARIANTS:
     raise settings.ConfigError(f"config.model.variant: unknown S3FD variant {variant!r}; "
                                f"known: {sorted(model_lib.VARIANTS)}")
@@ -62,12 +68,19 @@ def build(model: dict, loss: dict) -> Detector:
   def import_weights(path):
     return weights.load_s3fd_pth(path, cfg)
 
-  def import_backbone(path):   # a torchvision VGG16 (`features.N`) into the trunk
+  def import_backbone(path):   # a torchvision VGG16 (`features.N`) or the ImageNet MobileNet
     from tinyfaces_jax.pretrained import backbones_pth
-    return backbones_pth.load_trunk(path, "vgg16", 5)
+    return backbones_pth.load_trunk(path, cfg.backbone, 5 if cfg.backbone == "vgg16" else 3,
+                                    cfg.activation)
 
-  return Detector(name="s3fd", model=model_lib.S3FD(cfg), preprocess=preprocess,
-                  loss=loss_fn, decode=decode,
-                  pad_value=tuple(float(v) for v in model_lib.MEAN_BGR[::-1]),
-                  import_weights=import_weights, import_backbone=import_backbone,
-                  backbone_scope="vgg")
+  def make_predict(infer_cfg):
+    from tinyfaces_jax.detectors.s3fd import predict
+    return predict.make_release_predict(det, infer_cfg)
+
+  det = Detector(name="s3fd", model=model_lib.S3FD(cfg), preprocess=preprocess,
+                 loss=loss_fn, decode=decode,
+                 pad_value=tuple(float(v) for v in model_lib.MEAN_BGR[::-1]),
+                 import_weights=import_weights, import_backbone=import_backbone,
+                 backbone_scope="vgg" if cfg.backbone == "vgg16" else "body",
+                 make_predict=make_predict if protocol == "release" else None)
+  return det

@@ -17,6 +17,11 @@ Variants (`VARIANTS`; the releases differ in geometry and colour, the weight fil
                   after the sqrt
   yxlijun         S3FD.pytorch `sfd_face.pth`: fc6 pad 6 dilation 6, ceil on pool3 only, RGB
                   input, eps after the sqrt
+With `backbone="mobilenet0.25"` (a CPU-sized S3FD from the ImageNet MobileNetV1-0.25): the
+sources are its stride-4 / 8 / 16 taps (L2-normalised), its stride-32 stage3 in fc7's place
+(no fc6 / fc7) and the two extra blocks at a quarter width (64 / 128 and 32 / 64 channels);
+anchors and heads as above.
+
 Outputs (float32): loc [B, A, 4] (SSD offsets, variances 0.1 / 0.2), conf [B, A, 2] logits
 (background, face) after max-out; A = sum over the six maps of h_l * w_l, in source order,
 rows then columns (the releases' permute-and-flatten order).
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 
 from tinyfaces_jax.detection import anchors as anchors_lib
 from tinyfaces_jax.models import layers
-from tinyfaces_jax.models.backbones import VGG16, max_pool_2x2
+from tinyfaces_jax.models.backbones import MobileNetV1, VGG16, max_pool_2x2
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 STRIDES = (4, 8, 16, 32, 64, 128)
@@ -40,13 +45,18 @@ ANCHOR_SPEC = anchors_lib.AnchorSpec(strides=STRIDES, sizes=tuple((4.0 * s,) for
 L2_SCALES = (10.0, 8.0, 5.0)
 SOURCES = ("conv3_3", "conv4_3", "conv5_3", "fc7", "conv6_2", "conv7_2")
 SOURCE_CHANNELS = (256, 512, 512, 1024, 512, 256)
+MNET_SOURCE_CHANNELS = (32, 64, 128, 256, 128, 64)
+BACKBONES = ("vgg16", "mobilenet0.25")
 
 
 @dataclasses.dataclass(frozen=True)
 class S3FDConfig:
   """variant: a `VARIANTS` name; the other fields are that variant's (override only to
-  experiment). dtype / conv_impl: models/layers.py."""
+  experiment). backbone: BACKBONES (the trunk; mobilenet0.25 ignores the VGG geometry fields
+  and uses `activation`). dtype / conv_impl: models/layers.py."""
   variant: str = "caffe"
+  backbone: str = "vgg16"
+  activation: str = "leaky_relu"
   fc6_padding: int = 1
   fc6_dilation: int = 1
   ceil_pools: tuple = (True, True, True, True, True)   # pool1..pool5
@@ -54,6 +64,10 @@ class S3FDConfig:
   rgb_input: bool = False
   dtype: str = "float32"
   conv_impl: str = "auto"
+
+  def __post_init__(self):
+    if self.backbone not in BACKBONES:
+      raise ValueError(f"S3FD backbone must be one of {BACKBONES}, got {self.backbone!r}")
 
 
 VARIANTS = {
@@ -78,7 +92,13 @@ def _strided(n: int) -> int:
 def feature_sizes(cfg: S3FDConfig, image_hw) -> list[tuple[int, int]]:
   """The six source maps' (h, w) for an input of `image_hw` (the network's arithmetic, so
   anchors follow the maps the heads really produce: 160/80/40/20/10/5 at 640 for caffe and
-  yxlijun, 160/80/40/24/12/6 for face_alignment's pad-3 fc6)."""
+  yxlijun, 160/80/40/24/12/6 for face_alignment's pad-3 fc6; ceil(H / stride) with the
+  MobileNet trunk, whose stride-2 convs round up)."""
+  if cfg.backbone == "mobilenet0.25":
+    sizes = [tuple(int(n) for n in image_hw)]
+    for _ in range(7):
+      sizes.append(tuple((n + 1) // 2 for n in sizes[-1]))
+    return sizes[2:]
   out = []
   for axis in (0, 1):
     n = int(image_hw[axis])
@@ -127,17 +147,25 @@ class S3FD(nn.Module):
     cfg = self.config
     conv, _ = layers.layer_constructors(cfg.conv_impl, cfg.dtype)
     relu = jax.nn.relu
-    taps = VGG16(conv=conv, ceil_pools=cfg.ceil_pools[:4], name="vgg")(x, train)
-    h = max_pool_2x2(taps["C4"], cfg.ceil_pools[4])
-    h = relu(conv(1024, 3, padding=cfg.fc6_padding, dilation=cfg.fc6_dilation,
-                  use_bias=True, name="fc6")(h))
-    fc7 = relu(conv(1024, 1, use_bias=True, name="fc7")(h))
-    h = relu(conv(256, 1, use_bias=True, name="conv6_1")(fc7))
-    c6 = relu(conv(512, 3, stride=2, use_bias=True, name="conv6_2")(h))
-    h = relu(conv(128, 1, use_bias=True, name="conv7_1")(c6))
-    c7 = relu(conv(256, 3, stride=2, use_bias=True, name="conv7_2")(h))
+    if cfg.backbone == "vgg16":
+      channels = SOURCE_CHANNELS
+      taps = VGG16(conv=conv, ceil_pools=cfg.ceil_pools[:4], name="vgg")(x, train)
+      h = max_pool_2x2(taps["C4"], cfg.ceil_pools[4])
+      h = relu(conv(1024, 3, padding=cfg.fc6_padding, dilation=cfg.fc6_dilation,
+                    use_bias=True, name="fc6")(h))
+      fc7 = relu(conv(1024, 1, use_bias=True, name="fc7")(h))
+    else:
+      channels = MNET_SOURCE_CHANNELS
+      _, conv_bn = layers.layer_constructors(cfg.conv_impl, cfg.dtype)
+      taps = MobileNetV1(cfg.activation, 0.1, conv_bn=conv_bn, name="body")(x, train)
+      fc7 = taps["C5"]
+    e6, e7 = channels[4], channels[5]
+    h = relu(conv(e6 // 2, 1, use_bias=True, name="conv6_1")(fc7))
+    c6 = relu(conv(e6, 3, stride=2, use_bias=True, name="conv6_2")(h))
+    h = relu(conv(e7 // 2, 1, use_bias=True, name="conv7_1")(c6))
+    c7 = relu(conv(e7, 3, stride=2, use_bias=True, name="conv7_2")(h))
     sources = [L2Norm(c, s, cfg.eps_inside_sqrt, name=f"{n}_norm")(taps[t])
-               for c, s, n, t in zip(SOURCE_CHANNELS, L2_SCALES, SOURCES, ("C2", "C3", "C4"))]
+               for c, s, n, t in zip(channels, L2_SCALES, SOURCES, ("C2", "C3", "C4"))]
     sources += [fc7, c6, c7]
     locs, confs = [], []
     for k, (name, src) in enumerate(zip(SOURCES, sources)):

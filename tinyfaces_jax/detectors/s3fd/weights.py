@@ -84,6 +84,9 @@ def layout_of(state_dict: dict, source: str = "the file") -> str:
 def load_s3fd_pth(path, cfg: S3FDConfig) -> dict:
   """An S3FD .pth (a path or URL) -> {'params'} of `S3FD(cfg)`; ValueError when the file's
   release is not `cfg.variant` (the message says which variant to configure)."""
+  if cfg.backbone != "vgg16":
+    raise ValueError(f"{path}: the released S3FD weights are VGG16 networks; the model is "
+                     f"configured with backbone {cfg.backbone!r}")
   obj = load_torch_checkpoint(path)
   if isinstance(obj, dict) and "weight" in obj and "epoch" in obj:   # yxlijun checkpoint
     obj = obj["weight"]
