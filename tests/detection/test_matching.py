@@ -175,7 +175,7 @@ def test_unroll_invariance():
     same(mt.match_s3fd(anchors, gt, mask, unroll=c), base_s3)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), m=st.integers(1, 12), pos=st.sampled_from([0.35, 0.5]),
        fmin=st.sampled_from([0.0, 0.2]), unroll=st.sampled_from([1, 3]))
 def test_hypothesis_vs_reference(seed, m, pos, fmin, unroll):
@@ -348,7 +348,7 @@ def test_bipartite_cascade_is_the_greedy_order():
                                                   force="bipartite", bipartite_k=3))(gt), want)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), m=st.integers(1, 30), fmin=st.sampled_from([0.0, 0.2]))
 def test_bipartite_crowded_vs_greedy_reference(seed, m, fmin):
   rng = np.random.default_rng(seed)

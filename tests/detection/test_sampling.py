@@ -203,13 +203,17 @@ def test_batched_top_fraction_mask():
 
 
 def test_top_k_mask_equals_rank_mask_with_ties_nan_and_signed_zero():
+  """n real entries (1..300) in a fixed 300-slot array, the rest masked out (one compile;
+  masked-out slots neither rank nor get selected, whatever their values)."""
   rng = np.random.default_rng(11)
+  top_k, rank = jax.jit(sampling.top_k_mask), jax.jit(sampling.descending_rank)
   for trial in range(20):
     n = int(rng.integers(1, 300))
     v = rng.choice(np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan, 3e-39, -3e-39]),
-                   n).astype(np.float32) if trial % 2 else rng.normal(size=n).astype(np.float32)
-    mask = rng.uniform(size=n) < 0.7
+                   300).astype(np.float32) if trial % 2 else rng.normal(size=300).astype(np.float32)
+    mask = (rng.uniform(size=300) < 0.7) & (np.arange(300) < n)
     for k in [0, 1, int(rng.integers(0, n + 1)), n, n + 5]:
-      want = mask & (np.asarray(sampling.descending_rank(v, mask)) < k)
-      got = np.asarray(jax.jit(sampling.top_k_mask)(v, mask, k))
+      want = mask & (np.asarray(rank(v, mask)) < k)
+      got = np.asarray(top_k(v, mask, k))
       np.testing.assert_array_equal(got, want, err_msg=f"trial {trial} k {k}")
+      assert got.sum() == min(k, mask.sum())

@@ -15,12 +15,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_families_are_the_packages():
-  assert detectors.known_families() == ["hr", "retinaface", "s3fd"]
+  assert detectors.known_families() == ["hr", "retinaface", "s3fd", "ssh"]
   with pytest.raises(settings.ConfigError, match=r"unknown detector 'retina'; known: "
-                                                 r"\['hr', 'retinaface', 's3fd'\]"):
+                                                 r"\['hr', 'retinaface', 's3fd', 'ssh'\]"):
     detectors.build_detector("retina")
   with pytest.raises(settings.ConfigError, match=r"unknown recipe 'tiny_faces'; the families "
-                                                 r"with a training recipe: \['hr', 'retinaface', 's3fd'\]"):
+                                                 r"with a training recipe: \['hr', 'retinaface', 's3fd', 'ssh'\]"):
     detectors.make_transform("tiny_faces")
 
 

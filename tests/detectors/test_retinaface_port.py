@@ -88,7 +88,8 @@ def test_imagenet_backbone_loads(shared_dir):
   assert n_leaves == n_used == 135
   taps = make_backbone("mobilenet0.25", module_name=None).apply(
       variables, jnp.zeros((1, 37, 101, 3)))
-  assert [v.shape for v in taps.values()] == [(1, 5, 13, 64), (1, 3, 7, 128), (1, 2, 4, 256)]
+  assert {k: v.shape for k, v in taps.items()} == {
+      "C2": (1, 10, 26, 32), "C3": (1, 5, 13, 64), "C4": (1, 3, 7, 128), "C5": (1, 2, 4, 256)}
 
 
 def test_name_map_refuses_mismatch(shared_dir):

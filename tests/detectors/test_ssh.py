@@ -15,7 +15,7 @@ from tinyfaces_jax.detectors import ssh as ssh_family
 from tinyfaces_jax.detectors.base import load_initial_weights
 from tinyfaces_jax.detectors.ssh import model as ssh_model, weights as ssh_weights
 
-HW = (44, 60)        # conv4_3 6 x 8, conv5_3 3 x 4, pool6 2 x 2: odd maps, ceil pools, crop
+HW = (36, 52)        # conv4_3 5 x 7, conv5_3 3 x 4, pool6 2 x 2: odd maps, ceil pools, crop
 
 
 def random_blobs(seed=0, upsample=None, head_scale=1.0):
@@ -51,7 +51,7 @@ def test_anchors_and_map_sizes_are_the_releases():
     want = ref.module_anchors(dict(zip(("m1", "m2", "m3"), sizes)))
     got = np.asarray(ssh_model.anchors(hw))
     np.testing.assert_array_equal(got, np.concatenate([want[m] for m in ("m1", "m2", "m3")]))
-  assert ssh_model.feature_sizes(HW) == [(6, 8), (3, 4), (2, 2)]
+  assert ssh_model.feature_sizes(HW) == [(5, 7), (3, 4), (2, 2)]
 
 
 def test_forward_on_imported_caffemodel_equals_the_numpy_release(caffemodel):
@@ -132,7 +132,8 @@ def test_no_anchor_inside_uses_all_and_no_faces():
     np.testing.assert_array_equal(np.asarray(match.labels[sl]) >= 0, want >= 0)
 
 
-@pytest.mark.parametrize("seed", [0])
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
 def test_loss_equals_the_release_per_module_sum(seed):
   hw, gt, mask, a, _ = _targets_case(seed)
   rng = np.random.default_rng(10 + seed)
@@ -166,7 +167,7 @@ def test_detect_pipeline_and_pyramid_equal_the_release(tmp_path):
   path = tmp_path / "SSH.caffemodel"                  # their anchors: no ties to break
   write_caffemodel(path, layers)
   blobs = {n: a for n, _, a in layers}
-  for opts, scales in (({}, (1.0,)), ({"drop_m3_from_scale": 2.0}, (1.0, 2.0))):
+  for opts, scales in (({}, (1.0,)), ({"drop_m3_from_scale": 1.5}, (1.0, 1.5))):
     det = detectors.build_detector("ssh", opts, {})
     variables = det.import_weights(str(path))
     cfg = inference.InferenceConfig(scales=scales, score_threshold=0.05, iou_threshold=0.3,
