@@ -170,7 +170,7 @@ def test_unroll_invariance():
   mask = rng.uniform(size=30) < 0.9
   base = mt.match_anchors(anchors, gt, mask, pos_iou=0.35)
   base_s3 = mt.match_s3fd(anchors, gt, mask)
-  for c in (1, 7, 64):
+  for c in (1, 7):
     same(mt.match_anchors(anchors, gt, mask, pos_iou=0.35, unroll=c), base)
     same(mt.match_s3fd(anchors, gt, mask, unroll=c), base_s3)
 

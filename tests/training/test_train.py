@@ -162,6 +162,7 @@ def _retinaface_steps(devices, steps=2):
   return after_first, losses
 
 
+@pytest.mark.slow   # tests/training/test_train_step.py checks the sharded step in the default run
 def test_retinaface_step_8_devices_equals_1():
   """Losses of 2 steps equal; variables after one step equal to 1e-4 of each leaf's scale
   (BatchNorm biases followed by BatchNorm get gradients that are differences of large
