@@ -223,7 +223,7 @@ def test_main_writes_png_and_csv_matching_the_json(sweep_dir, capsys):
   out, err = capsys.readouterr()
   png, table = sweep_dir / "scale_sweep.png", sweep_dir / "scale_sweep.csv"
   with Image.open(png) as im:
-    assert im.format == "PNG" and im.size == (850, 550)
+    assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400  # tight bbox, legend below
   rows = list(csv.DictReader(table.open()))
   assert [r["run"] for r in rows] == ["res2x", "res1x", "fresh", "old"]
   assert list(rows[0])[3:] == ["<20", "20-80", ">=80", "problem"]
@@ -315,7 +315,7 @@ def test_analysis_and_notebook_on_a_url_sweep_dir(sweep_dir, ram_dir, monkeypatc
   assert scale_sweep.main([f"--sweep_dir={remote}"]) == 0
   assert "2 of 4 runs plotted" in capsys.readouterr().out
   with Image.open(io.BytesIO((remote / "scale_sweep.png").read_bytes())) as im:
-    assert im.format == "PNG" and im.size == (850, 550)
+    assert im.format == "PNG" and im.size[0] >= 600 and im.size[1] >= 400  # tight bbox, legend below
   rows = list(csv.DictReader((remote / "scale_sweep.csv").read_text().splitlines()))
   assert [r["run"] for r in rows] == ["res2x", "res1x", "fresh", "old"]
   assert rows[0]["step"] == "100" and float(rows[0]["20-80"]) == BINS_A[1]["ap"]

@@ -149,7 +149,10 @@ def _value_text(v) -> str:
 
 def run_label(run: dict) -> str:
   """`name (path=value, ...)`: the legend entry of a run."""
-  ov = ", ".join(f"{k}={_value_text(v)}" for k, v in run["overrides"].items())
+  def short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 4] + " ...)"
+
+  ov = ", ".join(f"{k}={short(_value_text(v))}" for k, v in run["overrides"].items())
   return f"{run['name']} ({ov})" if ov else run["name"]
 
 
@@ -230,10 +233,12 @@ def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height")
   ax.set_ylabel("AP on the faces of the bin", fontsize=12)
   ax.grid(True, alpha=0.4)
   ax.set_title(title, fontsize=13, fontweight="bold")
-  ax.legend(loc="best", fontsize=9, framealpha=0.9)
+  # Below the axes: long override lists (template id lists) would cover the curves or run
+  # off the figure; bbox_inches="tight" keeps them in the PNG.
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, framealpha=0.9)
   fig.tight_layout()
   buf = io.BytesIO()
-  fig.savefig(buf, format="png")
+  fig.savefig(buf, format="png", bbox_inches="tight")
   out_path = paths.resolve(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
   out_path.write_bytes(buf.getvalue())
