@@ -342,13 +342,7 @@ def main():
     p.error(f"--configs: unknown {sorted(set(configs) - {'train', 'pyramid'})}")
   dev = jax.devices()[0]
   platform, n_dev = dev.platform, jax.device_count()
-  no_torch = None
-  if not a.no_peer:
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-      torch.set_num_threads(a.peer_threads)
-    except ImportError as e:  # the GPU image has no torch
-      no_torch = str(e)
+  no_torch = None if a.no_peer else results_file.torch_missing(a.peer_threads)
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), {os.cpu_count()} "
         f"cpus; HR {a.backbone}")
   run_torch = results_file.report_peer(

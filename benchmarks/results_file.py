@@ -1,5 +1,6 @@
 """What the benchmarks share: the `--results` JSON (the numbers plus the device that produced
-them), the peer status line, and XLA's FLOPs of a compiled program."""
+them), whether the PyTorch peer can run and its status line, XLA's FLOPs of a compiled
+program, and the timing of the library's train step."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ def write_results(requested: str, default_stem: str, payload: dict) -> pathlib.P
   return path
 
 
+def torch_missing(threads: int | None = None) -> str | None:
+  """None when torch imports (then set to `threads` CPU threads when given), else the reason
+  (the GPU image has no torch)."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    return str(e)
+  if threads is not None:
+    torch.set_num_threads(threads)
+  return None
+
+
 def report_peer(no_peer: bool, no_torch, description: str) -> bool:
   """Prints whether the PyTorch peer runs (no_torch: why torch did not import, or None);
   -> whether it runs."""
@@ -46,3 +59,43 @@ def flops_per_device(compiled) -> float | None:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", 0.0)) or None
+
+
+def time_train_step(det, opt_cfg, batch: dict, image_hw, steps: int, bf16: bool) -> dict:
+  """The library's train step on the mesh, as train.py builds and runs it: state from
+  `train_step.init_detector_state`, `detector_train_step(det, mesh, bf16=bf16)`, the batch
+  placed by `sharding.host_to_global`, compiled ahead of time, one warm-up step, then `steps`
+  timed. -> dict(images_per_s, step_s, compile_s, first_step_s, loss, num_pos, params,
+  compute_dtype, devices, flops_per_device, flops_total, initial_variables (host copy of the
+  variables before the first step))."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from tinyfaces_jax.training import sharding, train_step  # pylint: disable=import-outside-toplevel
+  train_det = det.with_dtype(jnp.bfloat16) if bf16 else det
+  mesh = sharding.make_mesh()
+  b = batch["image"].shape[0]
+  sharding.check_batch_size(b, mesh)
+  key = jax.random.PRNGKey(0)
+  state = train_step.init_detector_state(det, opt_cfg, tuple(image_hw), mesh)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  initial = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  step = train_step.detector_train_step(det, mesh, bf16=bf16)
+  gbatch = sharding.host_to_global(batch, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, gbatch, key).compile()
+  compile_s = time.perf_counter() - t0
+  flops = flops_per_device(compiled)
+  t0 = time.perf_counter()
+  state, metrics = compiled(state, gbatch, key)   # warm-up
+  jax.block_until_ready(metrics)
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, gbatch, key)
+  jax.block_until_ready((state, metrics))
+  dt = (time.perf_counter() - t0) / steps
+  n_dev = mesh.devices.size
+  return {"images_per_s": b / dt, "step_s": dt, "compile_s": compile_s, "first_step_s": first_s,
+          "loss": float(metrics["loss"]), "num_pos": float(metrics["num_pos"]),
+          "params": n_params, "compute_dtype": train_det.dtype.name, "devices": n_dev,
+          "flops_per_device": flops, "flops_total": None if flops is None else flops * n_dev,
+          "initial_variables": initial}

@@ -89,7 +89,7 @@ from tinyfaces_jax.detection import box_coder, matching, multibox_loss, sampling
 from tinyfaces_jax.detectors import s3fd as s3fd_det, ssh as ssh_det  # noqa: E402
 from tinyfaces_jax.detectors.s3fd import model as s3fd_model  # noqa: E402
 from tinyfaces_jax.detectors.ssh import model as ssh_model  # noqa: E402
-from tinyfaces_jax.training import optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax.training import optim  # noqa: E402
 
 FAMILIES = ("s3fd", "ssh")
 SLOTS, FACES, BUCKET, CANDIDATES = 64, 10, 32, 0.01
@@ -182,48 +182,11 @@ def ssh_targets(batch: dict, anchors: np.ndarray, slices, seed: int = 0) -> dict
   return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def tree_size(tree) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-
-
 def ready(tree):
   return jax.device_get(jax.block_until_ready(tree))
 
 
 # --- train ------------------------------------------------------------------------------------
-
-def run_ours_train(det, opt_cfg, batch: dict, steps: int, bf16: bool) -> dict:
-  """The library's train step on the mesh, as train.py builds and runs it."""
-  train_det = det.with_dtype(jnp.bfloat16) if bf16 else det
-  mesh = sharding.make_mesh()
-  b, size = batch["image"].shape[:2]
-  sharding.check_batch_size(b, mesh)
-  key = jax.random.PRNGKey(0)
-  state = train_step.init_detector_state(det, opt_cfg, (size, size), mesh)
-  n_params = tree_size(state.params)
-  initial = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-  step = train_step.detector_train_step(det, mesh, bf16=bf16)
-  gbatch = sharding.host_to_global(batch, mesh)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, gbatch, key).compile()
-  compile_s = time.perf_counter() - t0
-  flops = results_file.flops_per_device(compiled)
-  t0 = time.perf_counter()
-  state, metrics = compiled(state, gbatch, key)   # warm-up
-  jax.block_until_ready(metrics)
-  first_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, gbatch, key)
-  jax.block_until_ready((state, metrics))
-  dt = (time.perf_counter() - t0) / steps
-  n_dev = mesh.devices.size
-  return {"images_per_s": b / dt, "step_s": dt, "compile_s": compile_s, "first_step_s": first_s,
-          "loss": float(metrics["loss"]), "num_pos": float(metrics["num_pos"]),
-          "params": n_params, "compute_dtype": train_det.dtype.name, "devices": n_dev,
-          "flops_per_device": flops, "flops_total": None if flops is None else flops * n_dev,
-          "initial_variables": initial}
-
 
 def peer_model(family: str, det):
   import torch_s3fd_ssh_peer as peer  # pylint: disable=import-outside-toplevel
@@ -277,7 +240,7 @@ def bench_train(a, family, det, opt_cfg, size, b, want_mfu, run_torch) -> dict:
   n_anchors = len(anchors_of(det, family, (size, size)))
   print(f"  [train] {size}x{size}, batch {b}, A = {n_anchors} anchors, "
         f"{int(batch['box_mask'].sum())} faces in the batch", flush=True)
-  ours = run_ours_train(det, opt_cfg, batch, a.steps, a.bf16)
+  ours = results_file.time_train_step(det, opt_cfg, batch, (size, size), a.steps, a.bf16)
   initial = ours.pop("initial_variables")
   row = {"image_size": size, "batch_size": b, "steps": a.steps, "bf16": a.bf16, "ours": ours}
   print(f"  ours: {ours['images_per_s']:.3f} images/s ({ours['step_s']:.3f} s/step, compile "
@@ -464,13 +427,7 @@ def main():
   d = DEFAULTS["cpu" if platform == "cpu" else "other"]
   b = a.batch or d["batch"]
   infer_hw = parse_hw(a.infer_size) if a.infer_size else d["infer"]
-  no_torch = None
-  if not a.no_peer:
-    try:
-      import torch  # pylint: disable=import-outside-toplevel
-      torch.set_num_threads(a.peer_threads)
-    except ImportError as e:  # the GPU image has no torch
-      no_torch = str(e)
+  no_torch = None if a.no_peer else results_file.torch_missing(a.peer_threads)
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), {os.cpu_count()} "
         f"cpus; bf16={a.bf16} (train only)")
   run_torch = results_file.report_peer(

@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 
 import results_file  # noqa: E402
 from tinyfaces_jax import detectors  # noqa: E402
-from tinyfaces_jax.training import optim, sharding, train_step  # noqa: E402
+from tinyfaces_jax.training import optim  # noqa: E402
 from tinyfaces_jax.detection import multibox_loss  # noqa: E402
 from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import box_coder, matching, sampling  # noqa: E402
@@ -110,32 +110,10 @@ def run_ours(preset: str, size: int, batch: dict, steps: int, bf16: bool,
   images_per_s, step_s, compile_s, first_step_s, loss, num_pos, flops_per_device,
   flops_total, devices, compute_dtype)."""
   det = detectors.build_detector("retinaface", {"preset": preset, "conv_impl": conv_impl})
-  train_det = det.with_dtype(jnp.bfloat16) if bf16 else det
-  mesh = sharding.make_mesh()
-  b = batch["image"].shape[0]
-  sharding.check_batch_size(b, mesh)
-  key = jax.random.PRNGKey(0)
-  state = train_step.init_detector_state(det, OPTIM, (size, size), mesh)
-  step = train_step.detector_train_step(det, mesh, bf16=bf16)
-  gbatch = sharding.host_to_global(batch, mesh)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, gbatch, key).compile()
-  compile_s = time.perf_counter() - t0
-  flops = results_file.flops_per_device(compiled)
-  t0 = time.perf_counter()
-  state, metrics = compiled(state, gbatch, key)   # warm-up
-  jax.block_until_ready(metrics)
-  first_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, gbatch, key)
-  jax.block_until_ready((state, metrics))
-  dt = (time.perf_counter() - t0) / steps
-  n_dev = mesh.devices.size
-  return {"images_per_s": b / dt, "step_s": dt, "compile_s": compile_s, "first_step_s": first_s,
-          "loss": float(metrics["loss"]), "num_pos": float(metrics["num_pos"]),
-          "compute_dtype": train_det.dtype.name, "devices": n_dev,
-          "flops_per_device": flops, "flops_total": None if flops is None else flops * n_dev}
+  out = results_file.time_train_step(det, OPTIM, batch, (size, size), steps, bf16)
+  for k in ("initial_variables", "params"):
+    out.pop(k)
+  return out
 
 
 def run_peer(preset: str, batch: dict, anchors: np.ndarray, steps: int, bf16: bool) -> dict:
@@ -157,15 +135,6 @@ def run_peer(preset: str, batch: dict, anchors: np.ndarray, steps: int, bf16: bo
   dt = (time.perf_counter() - t0) / steps
   return {"images_per_s": images.shape[0] / dt, "step_s": dt, "loss": loss,
           "torch": torch.__version__, "threads": torch.get_num_threads()}
-
-
-def torch_available() -> str | None:
-  """None when torch imports, else the reason."""
-  try:
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError as e:  # the GPU image has no torch
-    return str(e)
-  return None
 
 
 def main():
@@ -191,7 +160,7 @@ def main():
   dev = jax.devices()[0]
   platform, n_dev = dev.platform, jax.device_count()
   want_mfu = a.flops or platform != "cpu"
-  no_torch = None if a.no_peer else torch_available()
+  no_torch = None if a.no_peer else results_file.torch_missing()
   print(f"jax {jax.__version__}: {n_dev} x {dev.device_kind} ({platform}), "
         f"{os.cpu_count()} cpus; bf16={a.bf16}; conv_impl={a.conv_impl}")
   run_torch = results_file.report_peer(

@@ -29,6 +29,10 @@ import os
 from configs import common
 
 BACKBONES = {"vgg16": "vgg16", "mnet025": "mobilenet0.25"}
+# The release's pyramid test (wider_pyramid.yml): base short side 800 (long <= 1200), x0.625 /
+# 1 / 1.5 / 2, M3 dropped at x2. Used by `:pyramid` and the `test` sweep.
+PYRAMID = {"eval.target_size": 800, "eval.max_size": 1200, "eval.scales": (0.625, 1.0, 1.5, 2.0),
+           "model.drop_m3_from_scale": 2.0}
 
 
 def get_config(arg=None):
@@ -69,10 +73,9 @@ def get_config(arg=None):
   c.eval.batch_size = 0
   c.init.backbone = ""
   if a.pyramid:
-    c.eval.target_size = 800
-    c.eval.max_size = 1200
-    c.eval.scales = (0.625, 1.0, 1.5, 2.0)
-    c.model.drop_m3_from_scale = 2.0
+    for path, value in PYRAMID.items():
+      section, key = path.split(".")
+      c[section][key] = value
   if a.backbone == "mnet025":
     c.model.fuse_channels = 64
     c.model.module_widths = ((64, 32), (128, 64), (128, 64))
@@ -121,8 +124,5 @@ def get_sweep(name: str) -> list:
   if name == "ohem":
     return [{"name": f"samples{n}", "overrides": {"loss.num_samples": n}} for n in (64, 256, 1024)]
   if name == "test":
-    return [{"name": "single", "overrides": {}},
-            {"name": "pyramid", "overrides": {"eval.target_size": 800, "eval.max_size": 1200,
-                                              "eval.scales": (0.625, 1.0, 1.5, 2.0),
-                                              "model.drop_m3_from_scale": 2.0}}]
+    return [{"name": "single", "overrides": {}}, {"name": "pyramid", "overrides": dict(PYRAMID)}]
   raise ValueError(f"unknown sweep {name!r}; known: ohem, test")

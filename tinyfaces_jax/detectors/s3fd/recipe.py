@@ -123,8 +123,8 @@ def transform(ex: dict, seed: tf.Tensor, *, size: int = 640, trials: int = 50,
   boxes = ex["boxes"]
   if anchor_sampling_prob > 0:
     return _anchor_sampled(ex, image, hw, boxes, s, size=size, trials=trials, distort=distort,
-                           flip_prob=flip_prob, random_interpolation=random_interpolation,
-                           min_face_px=min_face_px, prob=anchor_sampling_prob)
+                           flip_prob=flip_prob, min_face_px=min_face_px,
+                           prob=anchor_sampling_prob)
   roi, found = sample_crops(boxes, hw, s[0], trials)
   whole = tf.cast(tf.stack([0, 0, hw[1], hw[0]]), tf.float32)
   roi = tf.where(found, roi, whole)
@@ -134,27 +134,35 @@ def transform(ex: dict, seed: tf.Tensor, *, size: int = 640, trials: int = 50,
   centre = (boxes[:, :2] + boxes[:, 2:]) / 2
   keep = tf.reduce_all((roi[None, :2] <= centre) & (centre < roi[None, 2:]), axis=1)
   factor = tf.cast(size, tf.float32) / tf.cast(crop_wh, tf.float32)      # (fx, fy)
-  f4 = tf.tile(factor, [2])
-  boxes = (T.clip_boxes(boxes, roi) - tf.tile(roi[:2], [2])) * f4
+  boxes = (T.clip_boxes(boxes, roi) - tf.tile(roi[:2], [2])) * tf.tile(factor, [2])
+  if distort:
+    crop = T.photometric_distort(crop, s[1])
+  crop = T.random_resize(crop, size, s[2], random_interpolation)
+  return _emit(ex, crop, boxes, keep, roi[:2], factor, size=size, min_face_px=min_face_px,
+               flip_seed=s[3], flip_prob=flip_prob)
+
+
+def _emit(ex, image, boxes, keep, origin, factor, *, size, min_face_px, flip_seed, flip_prob):
+  """The output example of a `size` x `size` crop: `image` the crop, `boxes` already in its
+  pixels, landmarks mapped by (x - origin) * factor (factor (fx, fy)); faces not in `keep`
+  (and, with min_face_px, smaller ones) dropped; a random flip."""
   if min_face_px:
     keep &= tf.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face_px
   present = ex["landmarks_present"]
-  lm = (ex["landmarks"] - roi[:2]) * factor
+  lm = (ex["landmarks"] - origin) * factor
   lm = tf.where(present[:, None, None], lm, -tf.ones_like(lm))
-  if distort:
-    crop = T.photometric_distort(crop, s[1])
-  out = dict(ex, image=crop, boxes=boxes, landmarks=lm,
+  out = dict(ex, image=image, boxes=boxes, landmarks=lm,
              valid_region=tf.constant([0.0, 0.0, float(size), float(size)]))
-  out["image"] = T.random_resize(out["image"], size, s[2], random_interpolation)
   out = T.mask_faces(out, keep)
-  out = T.random_hflip(out, s[3], flip_prob)
+  out = T.random_hflip(out, flip_seed, flip_prob)
   return T.finish(out, size)
 
 
 def _anchor_sampled(ex, image, hw, boxes, s, *, size, trials, distort, flip_prob,
-                    random_interpolation, min_face_px, prob):
+                    min_face_px, prob):
   """transform() with data-anchor-sampling drawn with probability `prob` (else the Caffe
-  samplers): both windows are computed, one crop-and-resize samples the chosen one."""
+  samplers): both windows are computed, one bilinear crop-and-resize samples the chosen one
+  (so this path has no random interpolation)."""
   h_img, w_img = tf.cast(hw[0], tf.float32), tf.cast(hw[1], tf.float32)
   roi, found = sample_crops(boxes, hw, s[0], trials)
   whole = tf.stack([0.0, 0.0, w_img, h_img])
@@ -183,13 +191,5 @@ def _anchor_sampled(ex, image, hw, boxes, s, *, size, trials, distort, flip_prob
   mapped = (T.clip_boxes(boxes, win) - tf.tile(win[:2], [2])) * f4
   unclipped = (boxes - tf.tile(win[:2], [2])) * f4
   boxes = tf.where(use_anchor, unclipped, mapped)
-  if min_face_px:
-    keep &= tf.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_face_px
-  present = ex["landmarks_present"]
-  lm = (ex["landmarks"] - win[:2]) * factor
-  lm = tf.where(present[:, None, None], lm, -tf.ones_like(lm))
-  out = dict(ex, image=crop, boxes=boxes, landmarks=lm,
-             valid_region=tf.constant([0.0, 0.0, float(size), float(size)]))
-  out = T.mask_faces(out, keep)
-  out = T.random_hflip(out, s[3], flip_prob)
-  return T.finish(out, size)
+  return _emit(ex, crop, boxes, keep, win[:2], factor, size=size, min_face_px=min_face_px,
+               flip_seed=s[3], flip_prob=flip_prob)

@@ -101,15 +101,14 @@ def module_slices(image_hw) -> list[slice]:
 
 
 class DetectionModule(nn.Module):
-  """SSH detection module: [B, h, w, C] -> (logits [B, h * w * 2, 2], deltas [B, h * w * 2, 4])."""
-  x_channels: int
+  """SSH detection module: [B, h, w, C] -> (logits [B, h * w * 2, 2], deltas [B, h * w * 2, 4]);
+  its 3x3 branch is X = 2 * y_channels wide (SSHConfig checks the widths)."""
   y_channels: int
   conv_act: functools.partial
   conv: functools.partial
 
   @nn.compact
   def __call__(self, x):
-    del self.x_channels   # ContextModule's 3x3 branch is 2Y = X wide
     h = ContextModule(4 * self.y_channels, activation="relu", conv_bn=self.conv_act,
                       name="context")(x)
     b, fh, fw, _ = h.shape
@@ -142,8 +141,8 @@ class SSH(nn.Module):
     fused = conv_act(f, 3, activation="relu", name="conv4_fuse_final")(fused)
     pool6 = max_pool_2x2(c5, True)
     logits, deltas = [], []
-    for name, src, (xc, yc) in zip(MODULES, (fused, c5, pool6), cfg.module_widths):
-      lg, dl = DetectionModule(xc, yc, conv_act, conv, name=name)(src)
+    for name, src, (_, yc) in zip(MODULES, (fused, c5, pool6), cfg.module_widths):
+      lg, dl = DetectionModule(yc, conv_act, conv, name=name)(src)
       logits.append(lg)
       deltas.append(dl)
     return {"logits": jnp.concatenate(logits, 1), "deltas": jnp.concatenate(deltas, 1)}
