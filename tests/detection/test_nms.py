@@ -12,7 +12,7 @@ from tests.reference import retinaface as rf_ref
 from tests.reference.nms import nms_ref, py_cpu_nms
 
 STATIC = ("iou_threshold", "max_output", "score_threshold", "pre_nms_top_k", "pixel_offset",
-          "tile_size")
+          "tile_size", "overlap")
 nms_jit = jax.jit(nms, static_argnames=STATIC)
 
 
@@ -53,6 +53,25 @@ def test_random_overlapping_boxes(seed, pixel_offset):
   got = check(boxes, scores, iou_threshold=0.4, max_output=400, pixel_offset=pixel_offset,
               tile_size=64)
   assert 10 < len(got) < n
+
+
+@pytest.mark.parametrize("pixel_offset", [0.0, 1.0])
+def test_min_overlap_matches_reference(pixel_offset):
+  """MTCNN's 'Min' NMS: intersection over the smaller area; nested boxes suppress each other
+  even when their IoU is small."""
+  rng = np.random.default_rng(11)
+  boxes = random_boxes(rng, 200, lo=3.0, hi=60.0)
+  outer = np.asarray([[10, 10, 90, 90]], np.float32)
+  inner = np.asarray([[40, 40, 50, 50]], np.float32)            # IoU 0.016, Min overlap 1
+  boxes = np.concatenate([outer, inner, boxes])
+  scores = rng.uniform(size=len(boxes)).astype(np.float32)
+  scores[:2] = (2.0, 1.9)                                     # ranked first
+  got = check(boxes, scores, iou_threshold=0.7, max_output=300, pixel_offset=pixel_offset,
+              tile_size=64, overlap="min")
+  assert 0 in got and 1 not in got
+  iou_kept = kept(nms_jit(boxes, scores, iou_threshold=0.7, max_output=300,
+                          pixel_offset=pixel_offset, tile_size=64))
+  assert 1 in iou_kept and len(got) < len(iou_kept)
 
 
 def test_tiles_do_not_change_the_result():

@@ -15,9 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_families_are_the_packages():
-  assert detectors.known_families() == ["hr", "retinaface", "s3fd", "ssh"]
+  assert detectors.known_families() == ["hr", "mtcnn", "retinaface", "s3fd", "ssh"]
   with pytest.raises(settings.ConfigError, match=r"unknown detector 'retina'; known: "
-                                                 r"\['hr', 'retinaface', 's3fd', 'ssh'\]"):
+                                                 r"\['hr', 'mtcnn', 'retinaface', 's3fd', 'ssh'\]"):
     detectors.build_detector("retina")
   with pytest.raises(settings.ConfigError, match=r"unknown recipe 'tiny_faces'; the families "
                                                  r"with a training recipe: \['hr', 'retinaface', 's3fd', 'ssh'\]"):

@@ -38,9 +38,26 @@ def iou_one_to_many(box, others, pixel_offset=0.0):
   return out
 
 
+def min_overlap_one_to_many(box, others, pixel_offset=0.0):
+  """box [4], others [M, 4] -> [M] intersection over the smaller area, one pair at a time
+  (facenet-pytorch's nms_numpy 'Min': inter / np.minimum(area[i], area[idx]))."""
+  off = np.float32(pixel_offset)
+  out = np.zeros(len(others), np.float32)
+  for m, q in enumerate(np.asarray(others, np.float32)):
+    iw = max(min(box[2], q[2]) - max(box[0], q[0]) + off, np.float32(0))
+    ih = max(min(box[3], q[3]) - max(box[1], q[1]) + off, np.float32(0))
+    a = max(box[2] - box[0] + off, np.float32(0)) * max(box[3] - box[1] + off, np.float32(0))
+    b = max(q[2] - q[0] + off, np.float32(0)) * max(q[3] - q[1] + off, np.float32(0))
+    smaller = min(a, b)
+    out[m] = np.float32(iw * ih) / smaller if smaller > 0 else 0.0
+  return out
+
+
 def nms_ref(boxes, scores, iou_threshold, max_output, score_threshold=None,
-            pre_nms_top_k=None, pixel_offset=0.0, valid=None):
-  """Returns the list of kept indices (at most max_output), in output order."""
+            pre_nms_top_k=None, pixel_offset=0.0, valid=None, overlap="iou"):
+  """Returns the list of kept indices (at most max_output), in output order; `overlap`
+  "min" measures intersection over the smaller area instead of IoU."""
+  overlap_fn = {"iou": iou_one_to_many, "min": min_overlap_one_to_many}[overlap]
   boxes = np.asarray(boxes, np.float32)
   scores = np.asarray(scores, np.float32)
   n = len(scores)
@@ -66,7 +83,7 @@ def nms_ref(boxes, scores, iou_threshold, max_output, score_threshold=None,
     rest = order[1:]
     if not rest:
       break
-    ovr = iou_one_to_many(boxes[i], boxes[rest], pixel_offset)
+    ovr = overlap_fn(boxes[i], boxes[rest], pixel_offset)
     order = [j for j, o in zip(rest, ovr) if not o > thr]
   return keep
 

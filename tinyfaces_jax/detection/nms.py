@@ -12,7 +12,8 @@ area convention):
   4. greedy suppression: walking the order, a box is kept unless its IoU with an already
      KEPT box is > `iou_threshold` (py_cpu_nms keeps IoU <= thr; torchvision discards
      IoU > thr). `pixel_offset=1.0` is py_cpu_nms's `(x2 - x1 + 1) * (y2 - y1 + 1)` area
-     convention, 0.0 the continuous one of torchvision / facenet-pytorch;
+     convention, 0.0 the continuous one of torchvision / facenet-pytorch; `overlap="min"`
+     measures intersection over the smaller area instead of IoU (MTCNN's 'Min' NMS);
   5. the first K = `max_output` kept boxes in that order are returned (RetinaFace's
      `keep_top_k`), padded to K with `valid=False`, index -1, zero box and zero score.
 
@@ -39,7 +40,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tinyfaces_jax.detection.box_ops import pairwise_iou
+from tinyfaces_jax.detection.box_ops import pairwise_iou, pairwise_overlap_min
+
+OVERLAPS = {"iou": pairwise_iou, "min": pairwise_overlap_min}
 
 Array = jnp.ndarray
 
@@ -142,7 +145,7 @@ def _suppress_within_tile(over, alive) -> Array:
 
 
 def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: float,
-                   tile: int) -> Array:
+                   tile: int, overlap: str = "iou") -> Array:
   """Greedy NMS over boxes already in score order.
 
   boxes: [P, 4] (P a multiple of `tile`), alive: [P] bool, True on a prefix (the candidates)
@@ -154,6 +157,7 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
   cap_pad = -(-cap // tile) * tile  # the kept buffer is scanned in chunks of `tile` rows
   thr = jnp.asarray(iou_threshold, jnp.float32)
   tile_iota = jnp.arange(tile, dtype=jnp.int32)
+  pairwise = OVERLAPS[overlap]
 
   def cross_suppressed(tb, count, kept_boxes):
     """[T] bool: IoU > thr with one of the `count` kept boxes, scanning only filled chunks."""
@@ -164,7 +168,7 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
       chunk, hit = c
       kb = lax.dynamic_slice_in_dim(kept_boxes, chunk * tile, tile)
       filled = chunk * tile + tile_iota < count
-      over = (pairwise_iou(tb, kb, pixel_offset=pixel_offset) > thr) & filled[None, :]
+      over = (pairwise(tb, kb, pixel_offset=pixel_offset) > thr) & filled[None, :]
       return chunk + 1, hit | jnp.any(over, axis=1)
 
     return lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((tile,), bool)))[1]
@@ -184,7 +188,7 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
     # 1. suppression by the boxes kept in earlier tiles ([T, T] per filled chunk).
     ta = ta & ~cross_suppressed(tb, count, kept_boxes)
     # 2. exact greedy inside the tile ([T, T]).
-    over = pairwise_iou(tb, tb, pixel_offset=pixel_offset) > thr
+    over = pairwise(tb, tb, pixel_offset=pixel_offset) > thr
     keep = _suppress_within_tile(over, ta)
     # 3. append the kept boxes to the compact buffer (overflow beyond K is dropped).
     slot = jnp.where(keep, count + jnp.cumsum(keep) - 1, cap_pad)
@@ -203,7 +207,7 @@ def _greedy_sorted(boxes, alive, iou_threshold, max_output: int, pixel_offset: f
 def nms(boxes, scores, *, iou_threshold, max_output: int,
         score_threshold: Optional[float] = None, pre_nms_top_k: Optional[int] = None,
         pixel_offset: float = 0.0, valid=None,
-        tile_size: int = DEFAULT_TILE_SIZE) -> NMSResult:
+        tile_size: int = DEFAULT_TILE_SIZE, overlap: str = "iou") -> NMSResult:
   """Greedy NMS of one image (see the module docstring for the exact semantics).
 
   Args:
@@ -216,6 +220,7 @@ def nms(boxes, scores, *, iou_threshold, max_output: int,
     pixel_offset: 0.0 continuous areas, 1.0 the +1 (py_cpu_nms) convention. Static.
     valid: optional [N] bool mask of real boxes (padding is never kept).
     tile_size: static tile length of the blocked algorithm (speed only, not results).
+    overlap: "iou", or "min" (intersection over the smaller area). Static.
 
   Returns:
     NMSResult with [K] fields: kept boxes in descending score order, then padding
@@ -228,6 +233,8 @@ def nms(boxes, scores, *, iou_threshold, max_output: int,
     raise ValueError(f"nms: boxes must be [N, 4] with N = {n}, got {boxes.shape}")
   if max_output < 1:
     raise ValueError(f"nms: max_output must be >= 1, got {max_output}")
+  if overlap not in OVERLAPS:
+    raise ValueError(f"nms: overlap must be one of {sorted(OVERLAPS)}, got {overlap!r}")
   mask = candidate_mask(scores, score_threshold, valid)
   order = sort_by_score(scores, mask)
   m = n if pre_nms_top_k is None else max(1, min(int(pre_nms_top_k), n))
@@ -240,19 +247,20 @@ def nms(boxes, scores, *, iou_threshold, max_output: int,
     sorted_boxes = jnp.concatenate([sorted_boxes, jnp.zeros((pad, 4), jnp.float32)])
     alive = jnp.concatenate([alive, jnp.zeros((pad,), bool)])
   kept_pos = _greedy_sorted(sorted_boxes, alive, iou_threshold, max_output, pixel_offset,
-                            tile)
+                            tile, overlap)
   return _gather_result(kept_pos, order_m, boxes, scores)
 
 
 def batched_nms(boxes, scores, *, iou_threshold, max_output: int,
                 score_threshold: Optional[float] = None,
                 pre_nms_top_k: Optional[int] = None, pixel_offset: float = 0.0,
-                valid=None, tile_size: int = DEFAULT_TILE_SIZE) -> NMSResult:
+                valid=None, tile_size: int = DEFAULT_TILE_SIZE,
+                overlap: str = "iou") -> NMSResult:
   """`nms` vmapped over images: boxes [B, N, 4], scores [B, N], valid [B, N] or None ->
   NMSResult with [B, K] fields. Thresholds are shared by all images."""
   fn = functools.partial(nms, iou_threshold=iou_threshold, max_output=max_output,
                          score_threshold=score_threshold, pre_nms_top_k=pre_nms_top_k,
-                         pixel_offset=pixel_offset, tile_size=tile_size)
+                         pixel_offset=pixel_offset, tile_size=tile_size, overlap=overlap)
   if valid is None:
     return jax.vmap(lambda b, s: fn(b, s))(boxes, scores)
   return jax.vmap(lambda b, s, v: fn(b, s, valid=v))(boxes, scores, valid)

@@ -57,6 +57,10 @@ class Detector:
       float32 RGB 0..255, image_hw [B, 2] int32 or None) -> dict(boxes [B, K, 4], scores
       [B, K], valid [B, K][, landmarks [B, K, P, 2]])` (a cascade; `image_hw` is each image's
       size inside the bucket padding), used by evaluation, detect and export alike.
+    locate_weights: None, or `name -> path` for weight names the family resolves itself
+      (MTCNN's "pypi:mtcnn": the installed package's files); other names come back as given.
+    folder_weights: the importer takes a folder of files (MTCNN's three networks), so a
+      folder that is not a training workdir goes to `import_weights`.
   """
   name: str
   model: nn.Module
@@ -69,6 +73,12 @@ class Detector:
   import_backbone: Optional[Callable[[str], dict]] = None
   backbone_scope: str = "body"
   make_predict: Optional[Callable] = None
+  locate_weights: Optional[Callable[[str], str]] = None
+  folder_weights: bool = False
+
+  def weights_path(self, path: str) -> str:
+    """`path` through `locate_weights` (a family's own weight names), else unchanged."""
+    return self.locate_weights(path) if (path and self.locate_weights) else path
 
   def init_variables(self, image_hw=(64, 64), rng=None) -> dict:
     """Random-init variables for an input of [1, H, W, 3]."""
@@ -114,6 +124,7 @@ def load_initial_weights(detector: Detector, variables: dict, *, checkpoint: Opt
     FileNotFoundError naming the path; ValueError when a checkpoint does not fit the model.
   """
   resolved = {}
+  checkpoint = detector.weights_path(checkpoint)
   for path in (checkpoint, backbone):
     if path:
       resolved[path] = paths.resolve(path)

@@ -79,10 +79,13 @@ class InitConfig:
   checkpoint: str = ""
   require: bool = True
 
-  def check_files(self) -> None:
-    """With `require`, a configured file that does not exist is an error (raised early)."""
+  def check_files(self, detector=None) -> None:
+    """With `require`, a configured file that does not exist is an error (raised early);
+    `detector` resolves its family's own weight names (Detector.weights_path)."""
     for name in ("backbone", "checkpoint"):
       path = getattr(self, name)
+      if name == "checkpoint" and detector is not None:
+        path = detector.weights_path(path)
       if self.require and path and not paths.resolve(path).exists():
         raise FileNotFoundError(f"config.init.{name}: {path} not found (set "
                                 f"--config.init.{name}= to your file, or '' for none)")
@@ -244,7 +247,7 @@ def train_and_evaluate(config, workdir, *,
   from tinyfaces_jax.data import pipeline
 
   spec = RunSpec.from_config(config)
-  spec.init.check_files()
+  spec.init.check_files(spec.detector)
   tc = spec.train
   workdir = paths.resolve(workdir)
   ckpt_dir = checkpoint_dir(spec, workdir)
@@ -399,7 +402,7 @@ def evaluate_only(config, workdir) -> dict:
   -> the evaluation summary + step (+ preempted=True when SIGTERM stopped it).
   """
   spec = RunSpec.from_config(config)
-  spec.init.check_files()
+  spec.init.check_files(spec.detector)
   workdir = paths.resolve(workdir)
   ckpt_dir = checkpoint_dir(spec, workdir)
   _check_hosts(config, spec, workdir, ckpt_dir)

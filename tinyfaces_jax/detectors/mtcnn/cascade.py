@@ -1,0 +1,301 @@
+"""MTCNN's three-stage cascade inside one jitted function, with static shapes.
+
+`make_cascade_predict(detector, cascade_cfg, infer_cfg)` -> predict(variables, images [B, H, W,
+3] float32 RGB 0..255 (uint8 values), image_hw [B, 2] int32 or None) -> dict(boxes [B, K, 4],
+scores [B, K], landmarks [B, K, 5, 2], valid [B, K]) in descending score order (K =
+infer_cfg.max_output), the contract of inference.make_predict_fn. One compile per bucket
+shape (H, W) and batch size; each image's own size `image_hw` (default: the whole bucket)
+drives its pyramid and its clipping, so images of several sizes share one bucket and batch.
+
+Semantics are facenet-pytorch's `detect_face` (models/utils/detect_face.py, PyPI 2.6.0;
+../shared/references/mtcnn_alignment.md 1c), stage by stage:
+  1. pyramid: scales m * factor^k (m = 12 / min_face_size) while min(h, w) * m * factor^k >=
+     12 (python float64, as facenet; static per bucket, the levels an image is too small for
+     are masked); level size (int(h s + 1), int(w s + 1)); area resampling (torch
+     `interpolate(mode="area")`: output i averages input [floor(i n / o), ceil((i + 1) n / o)),
+     computed exactly from an int32 integral image of the uint8 values, whose wrap-around
+     arithmetic stays exact for any bin under 2^31 / 255 pixels);
+  2. P-Net per level (padding excluded from its ceil pool, so each cell equals P-Net on the
+     image alone), cells with face probability >= t1, boxes floor((2 [c, r] + 1) / s),
+     floor((2 [c, r] + 12) / s) in float32; NMS 0.5 per level, then 0.7 over all levels
+     (continuous areas, suppress IoU > t, stable score order);
+  3. regression with widths x2 - x1, squared (`rerec`), cropped as facenet's `pad`: truncated
+     to integers and clipped to [1, w] x [1, h] (border faces are stretched, not padded),
+     area-resampled to 24 x 24; R-Net score > t2, NMS 0.7, regression with widths x2 - x1 + 1,
+     squared;
+  4. the same crops at 48 x 48 for O-Net, score > t3, landmarks x = (x2 - x1 + 1) p + x1 - 1
+     (and y) from the boxes before regression, regression, NMS 0.7 over the smaller area
+     (+1 areas).
+Static capacities replace facenet's unbounded lists: the levels keep at most `level_keep`
+boxes together after their NMS (one call, each level's boxes shifted apart), `rnet_max` boxes (the best by P-Net score) reach R-Net and `onet_max`
+(the best by R-Net score) reach O-Net; a crowded image beyond them loses its lowest-scoring
+candidates, never a crash. Deviations: a box whose crop is empty is dropped (facenet would
+misalign its crop list); boxes of different levels with exactly equal scores enter the
+cross-level NMS in score order, not level order; ties in the 'Min' NMS go to the lower index (numpy's argsort there is
+not stable); outputs come in score order (facenet's `select_largest` sorts by area).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tinyfaces_jax.detection import nms as nms_lib
+from tinyfaces_jax.detectors.mtcnn.model import (PNET_CELL, PNET_STRIDE, normalise,
+                                                 pnet_output_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeConfig:
+  """Cascade settings (defaults: facenet-pytorch's MTCNN).
+
+  Attributes:
+    min_face_size: the smallest face searched, in pixels (the first scale is 12 / it).
+    thresholds: P-Net (>=), R-Net (>) and O-Net (>) face-probability thresholds.
+    factor: pyramid scale step.
+    nms: per-level, cross-level, R-Net and O-Net ('Min') NMS thresholds.
+    level_keep / rnet_max / onet_max: the static capacities (module docstring);
+      level_keep bounds the boxes all levels together keep after their per-level NMS.
+    rnet_chunk / onet_chunk: crops per R-Net / O-Net call; chunks holding no candidate of
+      any image are skipped, so compute follows the candidates (speed only, not results).
+  """
+  min_face_size: float = 20.0
+  thresholds: tuple = (0.6, 0.7, 0.7)
+  factor: float = 0.709
+  nms: tuple = (0.5, 0.7, 0.7, 0.7)
+  level_keep: int = 4096
+  rnet_max: int = 2048
+  onet_max: int = 512
+  rnet_chunk: int = 256
+  onet_chunk: int = 64
+
+  def __post_init__(self):
+    if self.min_face_size < 12:
+      raise ValueError(f"min_face_size must be >= 12 (P-Net's 12-pixel cell), got "
+                       f"{self.min_face_size}")
+    if not 0 < self.factor < 1:
+      raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+    if len(self.thresholds) != 3 or len(self.nms) != 4:
+      raise ValueError(f"thresholds needs 3 values and nms 4, got {self.thresholds} and "
+                       f"{self.nms}")
+
+
+def pyramid_scales(min_side: int, cfg: CascadeConfig) -> list:
+  """facenet's scale list for an image whose shorter side is `min_side` (python floats)."""
+  scale, minl, out = 12.0 / cfg.min_face_size, min_side * (12.0 / cfg.min_face_size), []
+  while minl >= 12:
+    out.append(scale)
+    scale *= cfg.factor
+    minl *= cfg.factor
+  return out
+
+
+def level_count_table(max_side: int, cfg: CascadeConfig) -> np.ndarray:
+  """[max_side + 1] int32: the number of pyramid levels of an image with that shorter side."""
+  return np.asarray([len(pyramid_scales(n, cfg)) for n in range(max_side + 1)], np.int32)
+
+
+def level_size_table(max_len: int, scale: float) -> np.ndarray:
+  """[max_len + 1] int32: int(n * scale + 1) in float64 for n = 0..max_len."""
+  return np.asarray([int(n * scale + 1) for n in range(max_len + 1)], np.int32)
+
+
+def integral_image(image) -> jnp.ndarray:
+  """[H, W, 3] uint8-valued float -> [H + 1, W + 1, 3] int32 inclusive prefix sums (wrapping)."""
+  x = jnp.round(image).astype(jnp.int32)
+  s = jnp.cumsum(jnp.cumsum(x, axis=0), axis=1)
+  return jnp.pad(s, ((1, 0), (1, 0), (0, 0)))
+
+
+def _bins(start, length, out_len, out_size: int):
+  """Area bins along one axis: [out_size] (lo, hi) absolute indices of input [start, start +
+  length) resampled to `out_len` (<= out_size; bins past it are empty)."""
+  i = jnp.arange(out_size, dtype=jnp.int32)
+  o = jnp.maximum(out_len, 1)
+  lo = start + (i * length) // o
+  hi = start + ((i + 1) * length + o - 1) // o
+  live = i < out_len
+  return jnp.where(live, lo, 0), jnp.where(live, hi, 0)
+
+
+def area_resample(integral, y0, x0, h, w, out_h, out_w, size_hw: tuple):
+  """torch area interpolation of image rows [y0, y0 + h), cols [x0, x0 + w) to out_h x out_w
+  (traced ints), written into a static `size_hw` array (zeros beyond out_h / out_w)
+  -> [size_hw[0], size_hw[1], 3] float32."""
+  ylo, yhi = _bins(y0, h, out_h, size_hw[0])
+  xlo, xhi = _bins(x0, w, out_w, size_hw[1])
+  s = (integral[yhi[:, None], xhi[None, :]] - integral[ylo[:, None], xhi[None, :]]
+       - integral[yhi[:, None], xlo[None, :]] + integral[ylo[:, None], xlo[None, :]])
+  count = ((yhi - ylo)[:, None] * (xhi - xlo)[None, :]).astype(jnp.float32)
+  return s.astype(jnp.float32) / jnp.maximum(count, 1.0)[..., None]
+
+
+def rerec(boxes):
+  """[..., 4] -> squares on the same centres with side max(w, h) (w = x2 - x1), facenet's
+  float32 operation order."""
+  x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
+  h, w = y2 - y1, x2 - x1
+  side = jnp.maximum(w, h)
+  nx1 = x1 + w * 0.5 - side * 0.5
+  ny1 = y1 + h * 0.5 - side * 0.5
+  return jnp.stack([nx1, ny1, nx1 + side, ny1 + side], -1)
+
+
+def regress(boxes, reg, plus_one: bool):
+  """Box regression: b + reg * (w, h, w, h), w = x2 - x1 (+ 1 for facenet's `bbreg`)."""
+  off = 1.0 if plus_one else 0.0
+  w = boxes[..., 2] - boxes[..., 0] + off
+  h = boxes[..., 3] - boxes[..., 1] + off
+  return boxes + reg * jnp.stack([w, h, w, h], -1)
+
+
+def crop_windows(boxes, image_hw):
+  """facenet's `pad`: boxes [B, N, 4] float, image_hw [B, 2] -> (y0, x0, h, w) [B, N] int32 of
+  the 0-based crop rows [y0, y0 + h) / cols [x0, x0 + w) and a [B, N] non-empty mask."""
+  b = boxes.astype(jnp.int32)                       # trunc toward zero, as .trunc().int()
+  height, width = image_hw[:, 0, None], image_hw[:, 1, None]
+  x = jnp.maximum(b[..., 0], 1)
+  y = jnp.maximum(b[..., 1], 1)
+  ex = jnp.minimum(b[..., 2], width)
+  ey = jnp.minimum(b[..., 3], height)
+  ok = (ey > y - 1) & (ex > x - 1)
+  return y - 1, x - 1, jnp.maximum(ey - y + 1, 1), jnp.maximum(ex - x + 1, 1), ok
+
+
+def _take(x, idx):
+  """x [B, N, ...], idx [B, K] (>= 0) -> [B, K, ...]."""
+  return jax.vmap(lambda a, i: a[i])(x, jnp.maximum(idx, 0))
+
+
+def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
+  """The jitted cascade `predict` of the module docstring for the MTCNN `detector`."""
+  model = detector.model
+  max_output = int(infer_cfg.max_output)
+  t1, t2, t3 = (float(t) for t in cfg.thresholds)
+  n1, n2, n3, n4 = (float(t) for t in cfg.nms)
+
+  def stage_one(variables, integral, image_hw, height: int, width: int):
+    """-> boxes [B, R, 4] (squared, after regression), valid [B, R], R = rnet_max."""
+    scales = pyramid_scales(min(height, width), cfg)
+    if not scales:
+      bsz = integral.shape[0]
+      return jnp.zeros((bsz, 1, 4), jnp.float32), jnp.zeros((bsz, 1), bool)
+    n_levels = jnp.asarray(level_count_table(max(height, width), cfg))[
+        jnp.minimum(image_hw[:, 0], image_hw[:, 1])]                       # [B]
+    levels = []                   # per level: boxes [B, n, 4], scores [B, n], live [B, n], reg
+    for k, s in enumerate(scales):
+      th, tw = level_size_table(height, s), level_size_table(width, s)
+      lh, lw = int(th[height]), int(tw[width])
+      oh, ow = jnp.asarray(th)[image_hw[:, 0]], jnp.asarray(tw)[image_hw[:, 1]]
+      level = jax.vmap(lambda ii, a, b, c, d: area_resample(ii, 0, 0, a, b, c, d, (lh, lw)))(
+          integral, image_hw[:, 0], image_hw[:, 1], oh, ow)
+      out = model.apply(variables, normalise(level), valid_hw=jnp.stack([oh, ow], -1))
+      prob = jax.nn.softmax(out["logits"], axis=-1)[..., 1]               # [B, ch, cw]
+      bsz, ch, cw = prob.shape
+      rows = jnp.arange(ch)[None, :, None] < pnet_output_size(oh)[:, None, None]
+      cols = jnp.arange(cw)[None, None, :] < pnet_output_size(ow)[:, None, None]
+      live = rows & cols & (k < n_levels)[:, None, None] & (prob >= t1)
+      sf = jnp.float32(s)
+      cc = jnp.arange(cw, dtype=jnp.float32)
+      rr = jnp.arange(ch, dtype=jnp.float32)
+      x1 = jnp.floor((PNET_STRIDE * cc + 1) / sf)
+      x2 = jnp.floor((PNET_STRIDE * cc + PNET_CELL) / sf)
+      y1 = jnp.floor((PNET_STRIDE * rr + 1) / sf)
+      y2 = jnp.floor((PNET_STRIDE * rr + PNET_CELL) / sf)
+      boxes = jnp.stack(jnp.broadcast_arrays(x1[None, :], y1[:, None], x2[None, :],
+                                             y2[:, None]), -1).reshape(1, -1, 4)
+      levels.append((jnp.broadcast_to(boxes, (bsz,) + boxes.shape[1:]),
+                     prob.reshape(bsz, -1), live.reshape(bsz, -1),
+                     out["reg"].reshape(bsz, -1, 4)))
+    # The per-level NMS of every level in one call: each level's boxes are shifted by its
+    # own offset, beyond any other level's coordinates, so no box suppresses across levels.
+    offset = 4.0 * (height + width + 1)
+    level_id = jnp.concatenate([jnp.full((lv[1].shape[1],), k, jnp.float32)
+                                for k, lv in enumerate(levels)])
+    shift = (level_id * offset)[None, :, None]
+    boxes = jnp.concatenate([lv[0] for lv in levels], 1) + shift
+    scores = jnp.concatenate([lv[1] for lv in levels], 1)
+    live = jnp.concatenate([lv[2] for lv in levels], 1)
+    reg = jnp.concatenate([lv[3] for lv in levels], 1)
+    res = nms_lib.batched_nms(boxes, scores, iou_threshold=n1,
+                              max_output=min(cfg.level_keep, scores.shape[1]), valid=live)
+    shift = jnp.broadcast_to(shift[..., 0], scores.shape)
+    boxes = res.boxes - _take(shift, res.indices)[..., None]
+    scores, reg, valid = res.scores, _take(reg, res.indices), res.valid
+    res = nms_lib.batched_nms(boxes, scores, iou_threshold=n2,
+                              max_output=min(cfg.rnet_max, boxes.shape[1]), valid=valid)
+    boxes = rerec(regress(res.boxes, _take(reg, res.indices), plus_one=False))
+    return boxes, res.valid
+
+  def refine(variables, integral, image_hw, boxes, valid, net: str, size: int, chunk: int):
+    """Crops of `boxes` [B, N, 4] through R-Net / O-Net -> (face prob [B, N], outputs [B, N,
+    ...], valid & non-empty crop). The N boxes go in chunks of `chunk` per image, and a chunk
+    with no valid box in any image is skipped (valid boxes come first), so the work follows
+    the number of candidates, not the capacity."""
+    y0, x0, h, w, ok = crop_windows(boxes, image_hw)
+    valid = valid & ok
+    bsz, n = valid.shape
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+
+    def split(a):   # [B, N] -> [n_chunks, B, chunk]
+      a = jnp.pad(a, ((0, 0), (0, pad)))
+      return jnp.moveaxis(a.reshape(bsz, n_chunks, chunk), 1, 0)
+
+    one = jax.vmap(lambda s, a, b, c, d: area_resample(s, a, b, c, d, size, size,
+                                                       (size, size)),
+                   in_axes=(None, 0, 0, 0, 0))
+
+    def run(win):
+      x = normalise(jax.vmap(one)(integral, *win))                  # [B, chunk, s, s, 3]
+      out = model.apply(variables, x.reshape((bsz * chunk,) + x.shape[2:]), method=net)
+      return jax.tree.map(lambda v: v.reshape((bsz, chunk) + v.shape[1:]), out)
+
+    windows = tuple(split(a) for a in (y0, x0, h, w))
+    live = jnp.any(split(valid), axis=(1, 2))                          # [n_chunks]
+    shapes = jax.eval_shape(run, tuple(a[0] for a in windows))
+    skip = lambda _: jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shapes)
+    out = jax.lax.map(lambda args: jax.lax.cond(args[0], run, skip, args[1]),
+                      (live, windows))
+    out = jax.tree.map(lambda v: jnp.moveaxis(v, 0, 1).reshape((bsz, n_chunks * chunk)
+                                                               + v.shape[3:])[:, :n], out)
+    prob = jax.nn.softmax(out["logits"], axis=-1)[..., 1]
+    return prob, out, valid
+
+  @jax.jit
+  def predict(variables, images, image_hw=None):
+    bsz, height, width = images.shape[:3]
+    if image_hw is None:
+      image_hw = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (bsz, 1))
+    image_hw = jnp.clip(jnp.asarray(image_hw, jnp.int32), 1,
+                        jnp.asarray([height, width], jnp.int32))
+    integral = jax.vmap(integral_image)(images)
+    # Stage 1: P-Net over the pyramid.
+    boxes, valid = stage_one(variables, integral, image_hw, height, width)
+    # Stage 2: R-Net.
+    prob, out, valid = refine(variables, integral, image_hw, boxes, valid, "rnet", 24,
+                              cfg.rnet_chunk)
+    valid = valid & (prob > t2)
+    res = nms_lib.batched_nms(boxes, prob, iou_threshold=n3,
+                              max_output=min(cfg.onet_max, boxes.shape[1]), valid=valid)
+    boxes = rerec(regress(res.boxes, _take(out["reg"], res.indices), plus_one=True))
+    # Stage 3: O-Net.
+    prob, out, valid = refine(variables, integral, image_hw, boxes, res.valid, "onet", 48,
+                              cfg.onet_chunk)
+    valid = valid & (prob > t3)
+    w = boxes[..., 2] - boxes[..., 0] + 1
+    h = boxes[..., 3] - boxes[..., 1] + 1
+    p = out["landmarks"]
+    lm = jnp.stack([w[..., None] * p[..., :5] + boxes[..., 0:1] - 1,
+                    h[..., None] * p[..., 5:] + boxes[..., 1:2] - 1], -1)   # [B, N, 5, 2]
+    boxes = regress(boxes, out["reg"], plus_one=True)
+    res = nms_lib.batched_nms(boxes, prob, iou_threshold=n4, max_output=max_output,
+                              valid=valid, pixel_offset=1.0, overlap="min")
+    lm = jnp.where(res.valid[..., None, None], _take(lm, res.indices), 0.0)
+    return {"boxes": res.boxes, "scores": res.scores, "landmarks": lm, "valid": res.valid}
+
+  return predict
