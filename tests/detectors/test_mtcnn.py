@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinyfaces_jax import inference
 from tinyfaces_jax.detectors import build_detector
 from tinyfaces_jax.detectors.mtcnn import cascade, model as model_lib, weights
 from tinyfaces_jax.pretrained import joblib_lz4
@@ -120,6 +119,50 @@ def match_faces(boxes, ref_boxes):
     assert j not in out.values()
     out[i] = j
   return out
+
+
+def other_photos(shared_dir) -> list:
+  """Photos the fixture was not made from: skimage's astronaut, a collage of the reference
+  photos rescaled and pasted at odd offsets (more, smaller faces; new pyramid geometry) and a
+  rotated, mirrored crop of t1."""
+  from PIL import Image
+  from skimage import data as skdata
+  ref = shared_dir / "reference" / "images"
+  t1 = Image.open(ref / "t1.jpg").convert("RGB")
+  multi = Image.open(ref / "multiface.jpg").convert("RGB")
+  canvas = Image.new("RGB", (733, 517), (118, 121, 97))
+  canvas.paste(t1.resize((461, 319), Image.BILINEAR), (7, 3))
+  canvas.paste(multi.resize((390, 205), Image.BILINEAR), (331, 301))
+  canvas.paste(multi.crop((0, 0, 400, 630)).resize((150, 236)), (560, 20))
+  turned = t1.crop((200, 150, 1100, 800)).transpose(Image.Transpose.ROTATE_90)
+  turned = turned.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((423, 585))
+  return [np.asarray(skdata.astronaut()), np.asarray(canvas), np.asarray(turned)]
+
+
+def test_cascade_matches_the_numpy_statement_on_other_photos(det, variables, shared_dir,
+                                                              weights_dir):
+  """Our jitted cascade against tests/reference/mtcnn.py (facenet-pytorch's detect_face in
+  numpy, checked against the real outputs) on photos the fixture does not have, batched with
+  different sizes in one bucket."""
+  from tests.reference import mtcnn as mtcnn_ref
+  from tinyfaces_jax import inference
+  imgs = other_photos(shared_dir)
+  sds = mtcnn_ref.load_state_dicts(weights_dir)
+  hw = (max(i.shape[0] for i in imgs), max(i.shape[1] for i in imgs))
+  batch = np.stack([inference.pad_to(i, hw, det.pad_value) for i in imgs])
+  predict = inference.make_predict_fn(det, inference.InferenceConfig())
+  res = jax.device_get(predict(variables, batch, np.asarray([i.shape[:2] for i in imgs])))
+  total = 0
+  for b, img in enumerate(imgs):
+    want = mtcnn_ref.detect(sds, img)
+    got = inference.to_original(res, b, 1.0)
+    assert len(got["boxes"]) == len(want["boxes"]), b
+    total += len(want["boxes"])
+    for i, j in match_faces(got["boxes"], want["boxes"]).items():
+      np.testing.assert_allclose(got["boxes"][j], want["boxes"][i], atol=0.05)
+      np.testing.assert_allclose(got["landmarks"][j], want["landmarks"][i], atol=0.05)
+      np.testing.assert_allclose(got["scores"][j], want["probs"][i], atol=1e-4)
+  assert total >= 10
 
 
 def test_weight_files_are_found_and_checked(tmp_path, weights_dir):

@@ -103,6 +103,15 @@ def level_size_table(max_len: int, scale: float) -> np.ndarray:
   return np.asarray([int(n * scale + 1) for n in range(max_len + 1)], np.int32)
 
 
+def cell_edges(n: int, scale: float) -> tuple:
+  """P-Net cells 0..n-1 -> ([n] starts, [n] ends) in image pixels: floor((2 i + 1) / s) and
+  floor((2 i + 12) / s), float32 arithmetic (facenet's generateBoundingBox)."""
+  i = np.arange(n, dtype=np.float32)
+  s = np.float32(scale)
+  return (np.floor((np.float32(PNET_STRIDE) * i + np.float32(1)) / s),
+          np.floor((np.float32(PNET_STRIDE) * i + np.float32(PNET_CELL)) / s))
+
+
 def integral_image(image) -> jnp.ndarray:
   """[H, W, 3] uint8-valued float -> [H + 1, W + 1, 3] int32 inclusive prefix sums (wrapping)."""
   x = jnp.round(image).astype(jnp.int32)
@@ -129,8 +138,9 @@ def area_resample(integral, y0, x0, h, w, out_h, out_w, size_hw: tuple):
   xlo, xhi = _bins(x0, w, out_w, size_hw[1])
   s = (integral[yhi[:, None], xhi[None, :]] - integral[ylo[:, None], xhi[None, :]]
        - integral[yhi[:, None], xlo[None, :]] + integral[ylo[:, None], xlo[None, :]])
-  count = ((yhi - ylo)[:, None] * (xhi - xlo)[None, :]).astype(jnp.float32)
-  return s.astype(jnp.float32) / jnp.maximum(count, 1.0)[..., None]
+  kh = jnp.maximum(yhi - ylo, 1).astype(jnp.float32)[:, None, None]
+  kw = jnp.maximum(xhi - xlo, 1).astype(jnp.float32)[None, :, None]
+  return s.astype(jnp.float32) / kh / kw          # torch's CPU kernel: sum / kh / kw
 
 
 def rerec(boxes):
@@ -198,13 +208,10 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
       rows = jnp.arange(ch)[None, :, None] < pnet_output_size(oh)[:, None, None]
       cols = jnp.arange(cw)[None, None, :] < pnet_output_size(ow)[:, None, None]
       live = rows & cols & (k < n_levels)[:, None, None] & (prob >= t1)
-      sf = jnp.float32(s)
-      cc = jnp.arange(cw, dtype=jnp.float32)
-      rr = jnp.arange(ch, dtype=jnp.float32)
-      x1 = jnp.floor((PNET_STRIDE * cc + 1) / sf)
-      x2 = jnp.floor((PNET_STRIDE * cc + PNET_CELL) / sf)
-      y1 = jnp.floor((PNET_STRIDE * rr + 1) / sf)
-      y2 = jnp.floor((PNET_STRIDE * rr + PNET_CELL) / sf)
+      # Cell windows as numpy constants: float32 division as torch does it (XLA would turn a
+      # division by a constant into a multiplication by its reciprocal, off by one after floor).
+      x1, x2 = (jnp.asarray(a) for a in cell_edges(cw, s))
+      y1, y2 = (jnp.asarray(a) for a in cell_edges(ch, s))
       boxes = jnp.stack(jnp.broadcast_arrays(x1[None, :], y1[:, None], x2[None, :],
                                              y2[:, None]), -1).reshape(1, -1, 4)
       levels.append((jnp.broadcast_to(boxes, (bsz,) + boxes.shape[1:]),
