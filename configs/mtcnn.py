@@ -1,6 +1,6 @@
 """MTCNN (Zhang et al. 2016): the released P-Net / R-Net / O-Net cascade, evaluated and run.
 
-  python -m tinyfaces_jax.main --mode=eval --config=configs/mtcnn.py:embedded --workdir=DIR
+  python -m tinyfaces_jax.main --mode=eval --config=configs/mtcnn.py --workdir=DIR
   python -m tinyfaces_jax.cli.detect --config=configs/mtcnn.py \
       --weights=../shared/weights/mtcnn --output_dir=OUT IMAGES...
 
@@ -12,8 +12,10 @@ defaults, min face 20, thresholds 0.6 / 0.7 / 0.7, factor 0.709, NMS 0.5 / 0.7 /
 ('Min'); the cascade has its own pyramid, so `eval.scales` / `flip` / NMS do not apply.
 Training the three stages is not built yet (the loss says so).
 
+Data: the embedded dataset's validation split by default (`--config.data.source=wider` and
+`data.manual_dir` for WIDER FACE val; `fddb=DIR` adds FDDB).
+
 Arguments (`mtcnn.py:arg,...`):
-  embedded    evaluate on the embedded dataset's validation split.
   wider       the original release's WIDER settings (codes/README.txt): min face 10, factor
               0.79, thresholds 0.5 / 0.5 / 0.3.
   test        a tiny embedded set for the tests.
@@ -29,7 +31,7 @@ WIDER_SETTINGS = {"min_face_size": 10.0, "factor": 0.79, "thresholds": (0.5, 0.5
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, embedded=False, wider=False, test=False,
+  a = common.parse_arg(arg, wider=False, test=False,
                        weights=os.path.normpath(os.path.join(common.SHARED_WEIGHTS, "mtcnn")),
                        fddb="")
   c = common.get_config()
@@ -43,7 +45,7 @@ def get_config(arg=None):
   c.train.num_steps = 0
   c.eval.resize = "none"
   c.eval.max_size = 0
-  c.eval.bucket = 64
+  c.eval.bucket = 256                    # the cascade masks the padding: few buckets, few compiles
   c.eval.batch_size = 4
   c.eval.max_output = 750
   if a.test:

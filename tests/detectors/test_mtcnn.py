@@ -240,7 +240,7 @@ def test_detect_matches_facenet_detections(tmp_path, shared_dir, weights_dir, re
   config = mtcnn_config.get_config()
   config.eval.bucket = 1280
   r = detect.run(config, weights_dir, str(tmp_path), [str(shared_dir / "reference" / "images")],
-                 min_score=0.0, batch_size=4, log=lambda *_: None)
+                 min_score=0.0, batch_size=4, align=True, log=lambda *_: None)
   assert r["images"] == 4 and r["faces"] == 8 + 6 + 1
   for name, stem in zip(IMAGES, ("t1", "multiface", "ivan", "no-faces")):
     faces = json.loads((tmp_path / f"{stem}.json").read_text())["faces"]
@@ -254,3 +254,14 @@ def test_detect_matches_facenet_detections(tmp_path, shared_dir, weights_dir, re
       np.testing.assert_allclose(faces[j]["box"], want[i], atol=0.05, err_msg=name)
       np.testing.assert_allclose(faces[j]["landmarks"], ref[f"{name}_landmarks"][i], atol=0.05)
       np.testing.assert_allclose(faces[j]["score"], ref[f"{name}_probs"][i], atol=1e-4)
+    # --align: one ArcFace crop per face, the warp of norm_crop on that face's landmarks.
+    from PIL import Image
+    from tinyfaces_jax.alignment import similarity
+    image = ref[f"{name}_image_rgb"]
+    for i, f in enumerate(faces):
+      crop = np.asarray(Image.open(tmp_path / f"{stem}_face{i}.png"))
+      want = similarity.norm_crop(image[None].astype(np.float32),
+                                  np.asarray([f["landmarks"]], np.float32))[0]
+      assert crop.shape == (112, 112, 3)
+      assert np.abs(crop.astype(np.float32) - np.asarray(want)).max() <= 1.0
+    assert not (tmp_path / f"{stem}_face{len(faces)}.png").exists()

