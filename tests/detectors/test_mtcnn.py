@@ -139,32 +139,6 @@ def other_photos(shared_dir) -> list:
   return [np.asarray(skdata.astronaut()), np.asarray(canvas), np.asarray(turned)]
 
 
-def test_cascade_matches_the_numpy_statement_on_other_photos(det, variables, shared_dir,
-                                                              weights_dir):
-  """Our jitted cascade against tests/reference/mtcnn.py (facenet-pytorch's detect_face in
-  numpy, checked against the real outputs) on photos the fixture does not have, batched with
-  different sizes in one bucket."""
-  from tests.reference import mtcnn as mtcnn_ref
-  from tinyfaces_jax import inference
-  imgs = other_photos(shared_dir)
-  sds = mtcnn_ref.load_state_dicts(weights_dir)
-  hw = (max(i.shape[0] for i in imgs), max(i.shape[1] for i in imgs))
-  batch = np.stack([inference.pad_to(i, hw, det.pad_value) for i in imgs])
-  predict = inference.make_predict_fn(det, inference.InferenceConfig())
-  res = jax.device_get(predict(variables, batch, np.asarray([i.shape[:2] for i in imgs])))
-  total = 0
-  for b, img in enumerate(imgs):
-    want = mtcnn_ref.detect(sds, img)
-    got = inference.to_original(res, b, 1.0)
-    assert len(got["boxes"]) == len(want["boxes"]), b
-    total += len(want["boxes"])
-    for i, j in match_faces(got["boxes"], want["boxes"]).items():
-      np.testing.assert_allclose(got["boxes"][j], want["boxes"][i], atol=0.05)
-      np.testing.assert_allclose(got["landmarks"][j], want["landmarks"][i], atol=0.05)
-      np.testing.assert_allclose(got["scores"][j], want["probs"][i], atol=1e-4)
-  assert total >= 10
-
-
 def test_weight_files_are_found_and_checked(tmp_path, weights_dir):
   for n in model_lib.NETS:
     shutil.copy(os.path.join(weights_dir, f"{n}.lz4"), tmp_path / f"{n}.lz4")
@@ -230,38 +204,79 @@ def test_config_errors_name_the_key():
     build_detector("mtcnn", {}, {}).loss({}, {})
 
 
-def test_detect_matches_facenet_detections(tmp_path, shared_dir, weights_dir, ref):
-  """`detect` with the MTCNN config on the four reference photos, padded into one bucket and
-  batch (one compile; each image's own size drives its pyramid): the same faces as
-  facenet-pytorch's detect(), boxes and landmarks within 0.05 px, scores within 1e-4, in the
-  JSON (and PNG) every family writes."""
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory, shared_dir, weights_dir):
+  """`detect` with the MTCNN config (and --align) on the four reference photos and three other
+  photos (PNG), all padded into one bucket and one batch: one compile, each image's own size
+  driving its pyramid. -> (output folder, {stem: RGB array} of the other photos)."""
+  from PIL import Image
   from configs import mtcnn as mtcnn_config
   from tinyfaces_jax.cli import detect
+  folder = tmp_path_factory.mktemp("photos")
+  for f in (shared_dir / "reference" / "images").iterdir():
+    shutil.copy(f, folder / f.name)
+  others = {f"other{i}": img for i, img in enumerate(other_photos(shared_dir))}
+  for stem, img in others.items():
+    Image.fromarray(img).save(folder / f"{stem}.png")
+  out = tmp_path_factory.mktemp("out")
   config = mtcnn_config.get_config()
   config.eval.bucket = 1280
-  r = detect.run(config, weights_dir, str(tmp_path), [str(shared_dir / "reference" / "images")],
-                 min_score=0.0, batch_size=4, align=True, log=lambda *_: None)
-  assert r["images"] == 4 and r["faces"] == 8 + 6 + 1
+  r = detect.run(config, weights_dir, str(out), [str(folder)], min_score=0.0, batch_size=8,
+                 align=True, log=lambda *_: None)
+  assert r["images"] == 7 and not r["failed"]
+  return out, others
+
+
+def read_faces(out, stem):
+  faces = json.loads((out / f"{stem}.json").read_text())["faces"]
+  assert (out / f"{stem}.png").is_file()
+  return faces
+
+
+def check_faces(faces, boxes, probs, landmarks, what):
+  assert len(faces) == len(boxes), what
+  if not faces:
+    return
+  ours = np.asarray([f["box"] for f in faces])
+  for i, j in match_faces(ours, boxes).items():
+    np.testing.assert_allclose(faces[j]["box"], boxes[i], atol=0.05, err_msg=what)
+    np.testing.assert_allclose(faces[j]["landmarks"], landmarks[i], atol=0.05, err_msg=what)
+    np.testing.assert_allclose(faces[j]["score"], probs[i], atol=1e-4, err_msg=what)
+
+
+def test_detect_matches_facenet_detections(detected, ref):
+  """The reference photos: the same faces as facenet-pytorch's detect(), boxes and landmarks
+  within 0.05 px, scores within 1e-4, in the JSON every family writes; with --align one ArcFace
+  crop per face, the warp of norm_crop on that face's landmarks."""
+  from PIL import Image
+  from tinyfaces_jax.alignment import similarity
+  out, _ = detected
+  total = 0
   for name, stem in zip(IMAGES, ("t1", "multiface", "ivan", "no-faces")):
-    faces = json.loads((tmp_path / f"{stem}.json").read_text())["faces"]
-    assert (tmp_path / f"{stem}.png").is_file()
-    want = ref[f"{name}_boxes"]
-    assert len(faces) == len(want), name
-    if not faces:
-      continue
-    boxes = np.asarray([f["box"] for f in faces])
-    for i, j in match_faces(boxes, want).items():
-      np.testing.assert_allclose(faces[j]["box"], want[i], atol=0.05, err_msg=name)
-      np.testing.assert_allclose(faces[j]["landmarks"], ref[f"{name}_landmarks"][i], atol=0.05)
-      np.testing.assert_allclose(faces[j]["score"], ref[f"{name}_probs"][i], atol=1e-4)
-    # --align: one ArcFace crop per face, the warp of norm_crop on that face's landmarks.
-    from PIL import Image
-    from tinyfaces_jax.alignment import similarity
+    faces = read_faces(out, stem)
+    check_faces(faces, ref[f"{name}_boxes"], ref[f"{name}_probs"], ref[f"{name}_landmarks"],
+                name)
+    total += len(faces)
     image = ref[f"{name}_image_rgb"]
     for i, f in enumerate(faces):
-      crop = np.asarray(Image.open(tmp_path / f"{stem}_face{i}.png"))
+      crop = np.asarray(Image.open(out / f"{stem}_face{i}.png"))
       want = similarity.norm_crop(image[None].astype(np.float32),
                                   np.asarray([f["landmarks"]], np.float32))[0]
       assert crop.shape == (112, 112, 3)
       assert np.abs(crop.astype(np.float32) - np.asarray(want)).max() <= 1.0
-    assert not (tmp_path / f"{stem}_face{len(faces)}.png").exists()
+    assert not (out / f"{stem}_face{len(faces)}.png").exists()
+  assert total == 8 + 6 + 1
+
+
+def test_detect_matches_the_numpy_statement_on_other_photos(detected, weights_dir):
+  """Photos the fixture does not have, against tests/reference/mtcnn.py (facenet-pytorch's
+  detect_face in numpy, itself checked against the real outputs: crops bit-identical)."""
+  from tests.reference import mtcnn as mtcnn_ref
+  out, others = detected
+  sds = mtcnn_ref.load_state_dicts(weights_dir)
+  total = 0
+  for stem, img in others.items():
+    want = mtcnn_ref.detect(sds, img)
+    check_faces(read_faces(out, stem), want["boxes"], want["probs"], want["landmarks"], stem)
+    total += len(want["boxes"])
+  assert total >= 10
