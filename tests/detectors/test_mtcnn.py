@@ -96,6 +96,55 @@ def test_area_resample_matches_adaptive_pooling():
     assert not np.asarray(got)[oh:].any() and not np.asarray(got)[:, ow:].any()
 
 
+def bilinear_ref(img, valid_hw, y0, x0, h, w, oh, ow):
+  """The MATLAB-style crop, one output pixel at a time: half-pixel centres clamped to the
+  window, neighbours outside the image's valid area read 0."""
+  out = np.zeros((oh, ow, 3))
+
+  def px(y, x):
+    ok = 0 <= y < valid_hw[0] and 0 <= x < valid_hw[1]
+    return img[y, x] if ok else np.zeros(3)
+  for i in range(oh):
+    sy = min(max((i + 0.5) * h / oh - 0.5, 0.0), h - 1.0)
+    ya = int(np.floor(sy))
+    fy, yb = sy - ya, min(ya + 1, h - 1)
+    for j in range(ow):
+      sx = min(max((j + 0.5) * w / ow - 0.5, 0.0), w - 1.0)
+      xa = int(np.floor(sx))
+      fx, xb = sx - xa, min(xa + 1, w - 1)
+      out[i, j] = ((1 - fy) * ((1 - fx) * px(y0 + ya, x0 + xa) + fx * px(y0 + ya, x0 + xb))
+                   + fy * ((1 - fx) * px(y0 + yb, x0 + xa) + fx * px(y0 + yb, x0 + xb)))
+  return out
+
+
+def test_bilinear_crops_match_a_loop_statement():
+  rng = np.random.default_rng(2)
+  img = rng.integers(0, 256, (40, 50, 3)).astype(np.float32)
+  valid = (33, 45)                                  # the rest is bucket padding
+  for (y0, x0, h, w, oh, ow) in [(0, 0, 33, 45, 20, 27), (-6, 30, 24, 30, 24, 24),
+                                 (25, -3, 12, 9, 24, 24), (5, 5, 1, 1, 24, 24)]:
+    got = cascade.bilinear_resample(jnp.asarray(img), valid, y0, x0, jnp.int32(h), jnp.int32(w),
+                                    oh, ow, (24, 28))
+    np.testing.assert_allclose(np.asarray(got)[:oh, :ow],
+                               bilinear_ref(img, valid, y0, x0, h, w, oh, ow), atol=1e-3)
+    assert not np.asarray(got)[oh:].any() and not np.asarray(got)[:, ow:].any()
+
+
+@pytest.mark.slow
+def test_bilinear_cascade_finds_the_people(det, weights_dir, ref):
+  """resample="bilinear" (the MATLAB code's resampling) is another detector, not facenet's:
+  on t1 it still boxes the six people (IoU > 0.8 with facenet's boxes)."""
+  from tinyfaces_jax import inference
+  from tinyfaces_jax.detection import box_ops
+  bil = build_detector("mtcnn", {"resample": "bilinear"}, {})
+  res = jax.device_get(inference.make_predict_fn(bil, inference.InferenceConfig())(
+      det.import_weights(weights_dir), ref["t1_image_rgb"][None].astype(np.float32)))
+  boxes = res["boxes"][0][res["valid"][0]]
+  people = ref["t1_boxes"][ref["t1_probs"] > 0.95]
+  assert len(people) == 6
+  assert (np.asarray(box_ops.pairwise_iou(people, boxes)).max(1) > 0.8).all()
+
+
 def test_pnet_on_a_padded_input_equals_pnet_on_the_image(det, variables):
   """The valid_hw mask keeps padding out of the ceil pool: every cell of the image's own map
   equals P-Net on the image alone (odd sizes make the last pool window partial)."""
@@ -198,6 +247,8 @@ def test_config_errors_name_the_key():
   from tinyfaces_jax import settings
   with pytest.raises(settings.ConfigError, match="min_face_sise"):
     build_detector("mtcnn", {"min_face_sise": 20}, {})
+  with pytest.raises(settings.ConfigError, match="resample must be one of"):
+    build_detector("mtcnn", {"resample": "cubic"}, {})
   with pytest.raises(settings.ConfigError, match="min_face_size must be >= 12"):
     build_detector("mtcnn", {"min_face_size": 8}, {})
   with pytest.raises(settings.ConfigError, match="not built yet"):

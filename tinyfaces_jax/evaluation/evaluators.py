@@ -19,7 +19,9 @@ TensorBoard and prints in the run's table); `describe(summary)` gives the log li
 
 Types: "wider" (the official WIDER FACE protocol: APs easy / medium / hard, AP per face-height
 bin, the submission layout, PR curves), "fddb" (the official FDDB discrete and continuous ROC:
-TPR at 100 / 500 / 1000 / 2000 false positives, the tool's ROC files, the ROC plot).
+TPR at 100 / 500 / 1000 / 2000 false positives, the tool's ROC files, the ROC plot),
+"landmarks" (5-point NME by inter-ocular distance and by box size, the failure rate at 10%,
+the cumulative error distribution plot).
 """
 
 from __future__ import annotations
@@ -216,7 +218,81 @@ class FddbEvaluator:
             + f" on {s['num_images']} images ({s['num_faces']} faces)"]
 
 
-TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator}
+def split_landmarks(builder, split: str) -> dict:
+  """{"<event>/<name>.jpg": dict(boxes [G, 4] xyxy, landmarks [G, 5, 2], present [G])} of a
+  split (no image decoding): the faces that are not `invalid`, present where the dataset has
+  their 5 points."""
+  import tensorflow_datasets as tfds
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+  out = {}
+  for ex in ds.as_numpy_iterator():
+    f = ex["faces"]
+    keep = ~np.asarray(f["invalid"], bool)
+    out[ex["image/filename"].decode()] = {
+        "boxes": np.asarray(f["bbox"], np.float64).reshape(-1, 4)[keep],
+        "landmarks": np.asarray(f["landmarks"], np.float64).reshape(-1, 5, 2)[keep],
+        "present": np.asarray(f["landmarks_present"], bool)[keep]}
+  return out
+
+
+class LandmarkEvaluator:
+  """type "landmarks": 5-point accuracy on the faces of the split that have landmarks
+  (evaluation/landmarks.py): detections matched at IoU >= `iou`, NME by the inter-ocular
+  distance and by the box size, the failure rate at `failure_threshold` (inter-ocular).
+  Writes landmarks.json and landmarks_ced.png (the cumulative error distributions). Scalars
+  nme_interocular, nme_box, failure_rate, matched (the fraction of faces with landmarks that a
+  detection matched); NaN when the split has no landmarks (said in the log line)."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """split: "" = the run's data.eval_split; iou: matching IoU; failure_threshold: the
+    inter-ocular NME above which a face counts as a failure."""
+    split: str = ""
+    iou: float = 0.5
+    failure_threshold: float = 0.1
+
+  def __init__(self, name: str, options: "LandmarkEvaluator.Options", builder, split: str,
+               max_images: int = 0):
+    self.name, self.options, self.builder = name, options, builder
+    split = options.split or split
+    self.split = f"{split}[:{max_images}]" if max_images else split
+    self._truth: Optional[dict] = None
+
+  def images(self) -> ImageSet:
+    return ImageSet(builder=self.builder, split=self.split)
+
+  def evaluate(self, dets: dict, out_dir, method_name: str = "tinyfaces_jax") -> dict:
+    from tinyfaces_jax.evaluation import landmarks
+    if self._truth is None:
+      self._truth = split_landmarks(self.builder, self.split)
+    r = landmarks.evaluate(dets, self._truth, self.options.iou, self.options.failure_threshold)
+    s = r.summary()
+    out = paths.resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(r.errors_interocular):
+      plots.plot_ced([(f"{method_name}, inter-ocular", *landmarks.cumulative_error(
+                          r.errors_interocular)),
+                      (f"{method_name}, box size", *landmarks.cumulative_error(r.errors_box))],
+                     out / "landmarks_ced.png", title=f"5-point NME, {self.split}",
+                     failure_threshold=self.options.failure_threshold)
+    summary = {"split": self.split, **s, "scalars": {
+        k: (float("nan") if s[k] is None else s[k])
+        for k in ("nme_interocular", "nme_box", "failure_rate", "matched")}}
+    (out / "landmarks.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+  def describe(self, s: dict) -> list:
+    if not s["num_matched"] or s["nme_interocular"] is None:
+      return [f"landmarks: none to score on {self.split} ({s['num_faces']} faces with "
+              f"landmarks, {s['num_matched']} matched by a detection)"]
+    return [f"landmarks NME {s['nme_interocular']:.4f} (inter-ocular) {s['nme_box']:.4f} (box), "
+            f"failure rate {s['failure_rate']:.3f} at {self.options.failure_threshold:g}, on "
+            f"{s['num_matched']} of {s['num_faces']} faces with landmarks (matched "
+            f"{s['matched']:.3f})"]
+
+
+TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator, "landmarks": LandmarkEvaluator}
 
 
 def make_evaluators(section: dict, builder, split: str, max_images: int = 0,

@@ -119,6 +119,31 @@ def plot_pr_curves(curves: list, out_path, title: str = "", highlight: str | Non
   out_path.write_bytes(buf.getvalue())
 
 
+def plot_ced(curves: list, out_path, title: str = "", failure_threshold: float = 0.1) -> None:
+  """Cumulative error distributions into a PNG: curves [(name, thresholds [S], fraction of
+  faces with error <= threshold [S])], a dashed line at the failure threshold."""
+  fig = Figure(figsize=(7.0, 5.5), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  for name, t, frac in curves:
+    ax.plot(t, frac, lw=2.5, label=name)
+  ax.axvline(failure_threshold, color="grey", ls="--", lw=1)
+  ax.set_xlim(0, float(max(np.max(t) for _, t, _ in curves)) if curves else 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel("normalised mean error", fontsize=12, fontweight="bold")
+  ax.set_ylabel("fraction of faces", fontsize=12, fontweight="bold")
+  ax.grid(True, alpha=0.5)
+  if title:
+    ax.set_title(title, fontsize=12, fontweight="bold")
+  ax.legend(loc="lower right", fontsize=10, framealpha=0.9)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  out_path = paths.resolve(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path.write_bytes(buf.getvalue())
+
+
 def plot_result(result, out_dir, method_name: str, baselines_dir=None) -> list:
   """One PNG per setting: `<out_dir>/wider_pr_curve_<setting>_val.png` (`out_dir` a path or
   URL); returns their paths."""

@@ -33,6 +33,12 @@ candidates, never a crash. Deviations: a box whose crop is empty is dropped (fac
 misalign its crop list); boxes of different levels with exactly equal scores enter the
 cross-level NMS in score order, not level order; ties in the 'Min' NMS go to the lower index (numpy's argsort there is
 not stable); outputs come in score order (facenet's `select_largest` sorts by area).
+
+`resample="bilinear"` swaps the area resampling for the original MATLAB code's kind
+(`bilinear_resample`: bilinear sampling with half-pixel centres; the 24 / 48 px crops take the
+whole truncated box, zero outside the image, so border faces are padded, not stretched); the
+rest of the cascade is unchanged, so this is that resampling inside facenet's cascade, not a
+port of the MATLAB pipeline (its ceil level sizes, fix() boxes and +1 NMS differ too).
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ from tinyfaces_jax.detectors.mtcnn.model import (PNET_CELL, PNET_STRIDE, normali
                                                  pnet_output_size)
 
 
+RESAMPLE = ("area", "bilinear")
+
+
 @dataclasses.dataclass(frozen=True)
 class CascadeConfig:
   """Cascade settings (defaults: facenet-pytorch's MTCNN).
@@ -61,6 +70,10 @@ class CascadeConfig:
       level_keep bounds the boxes all levels together keep after their per-level NMS.
     rnet_chunk / onet_chunk: crops per R-Net / O-Net call; chunks holding no candidate of
       any image are skipped, so compute follows the candidates (speed only, not results).
+    resample: "area" (facenet-pytorch: area averaging, crops clipped to the image) or
+      "bilinear" (the original MATLAB code's way: bilinear sampling, half-pixel centres, and
+      crops of the whole unclipped box with zeros outside the image; the level sizes stay
+      facenet's).
   """
   min_face_size: float = 20.0
   thresholds: tuple = (0.6, 0.7, 0.7)
@@ -71,6 +84,7 @@ class CascadeConfig:
   onet_max: int = 512
   rnet_chunk: int = 256
   onet_chunk: int = 64
+  resample: str = "area"
 
   def __post_init__(self):
     if self.min_face_size < 12:
@@ -78,6 +92,8 @@ class CascadeConfig:
                        f"{self.min_face_size}")
     if not 0 < self.factor < 1:
       raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+    if self.resample not in RESAMPLE:
+      raise ValueError(f"resample must be one of {RESAMPLE}, got {self.resample!r}")
     if len(self.thresholds) != 3 or len(self.nms) != 4:
       raise ValueError(f"thresholds needs 3 values and nms 4, got {self.thresholds} and "
                        f"{self.nms}")
@@ -143,6 +159,40 @@ def area_resample(integral, y0, x0, h, w, out_h, out_w, size_hw: tuple):
   return s.astype(jnp.float32) / kh / kw          # torch's CPU kernel: sum / kh / kw
 
 
+def bilinear_resample(image, valid_hw, y0, x0, h, w, out_h, out_w, size_hw: tuple):
+  """Bilinear resampling of the window rows [y0, y0 + h), cols [x0, x0 + w) of `image` [H, W,
+  3] to out_h x out_w (traced ints) in a static `size_hw` array: output (i, j) samples the
+  window at ((i + 0.5) h / out_h - 0.5, (j + 0.5) w / out_w - 0.5), clamped to the window;
+  window pixels outside the image's own `valid_hw` (rows, cols) read 0 (the MATLAB code's
+  zero-filled crop buffer). -> [size_hw[0], size_hw[1], 3] float32 (zeros beyond out_h /
+  out_w)."""
+  def axis(start, length, out_len, size, valid):
+    i = jnp.arange(size, dtype=jnp.float32)
+    src = (i + 0.5) * length.astype(jnp.float32) / jnp.maximum(out_len, 1).astype(
+        jnp.float32) - 0.5
+    src = jnp.clip(src, 0.0, (length - 1).astype(jnp.float32))
+    lo = jnp.floor(src)
+    frac = src - lo
+    a = start + lo.astype(jnp.int32)
+    b = start + jnp.minimum(lo.astype(jnp.int32) + 1, length - 1)
+    live = jnp.arange(size) < out_len
+    return a, b, frac, live, valid
+
+  ya, yb, fy, ly, vh = axis(y0, h, out_h, size_hw[0], valid_hw[0])
+  xa, xb, fx, lx, vw = axis(x0, w, out_w, size_hw[1], valid_hw[1])
+
+  def at(yy, xx):
+    inside = ((yy >= 0) & (yy < vh))[:, None] & ((xx >= 0) & (xx < vw))[None, :]
+    v = image[jnp.clip(yy, 0, image.shape[0] - 1)[:, None],
+              jnp.clip(xx, 0, image.shape[1] - 1)[None, :]]
+    return jnp.where(inside[..., None], v, 0.0)
+
+  fy, fx = fy[:, None, None], fx[None, :, None]
+  out = ((1 - fy) * ((1 - fx) * at(ya, xa) + fx * at(ya, xb))
+         + fy * ((1 - fx) * at(yb, xa) + fx * at(yb, xb)))
+  return jnp.where((ly[:, None] & lx[None, :])[..., None], out, 0.0)
+
+
 def rerec(boxes):
   """[..., 4] -> squares on the same centres with side max(w, h) (w = x2 - x1), facenet's
   float32 operation order."""
@@ -162,10 +212,14 @@ def regress(boxes, reg, plus_one: bool):
   return boxes + reg * jnp.stack([w, h, w, h], -1)
 
 
-def crop_windows(boxes, image_hw):
+def crop_windows(boxes, image_hw, clip: bool = True):
   """facenet's `pad`: boxes [B, N, 4] float, image_hw [B, 2] -> (y0, x0, h, w) [B, N] int32 of
-  the 0-based crop rows [y0, y0 + h) / cols [x0, x0 + w) and a [B, N] non-empty mask."""
+  the 0-based crop rows [y0, y0 + h) / cols [x0, x0 + w) and a [B, N] non-empty mask; with
+  `clip=False` the whole truncated box, reaching outside the image (the MATLAB crops)."""
   b = boxes.astype(jnp.int32)                       # trunc toward zero, as .trunc().int()
+  if not clip:
+    h, w = b[..., 3] - b[..., 1] + 1, b[..., 2] - b[..., 0] + 1
+    return b[..., 1] - 1, b[..., 0] - 1, jnp.maximum(h, 1), jnp.maximum(w, 1), (h >= 1) & (w >= 1)
   height, width = image_hw[:, 0, None], image_hw[:, 1, None]
   x = jnp.maximum(b[..., 0], 1)
   y = jnp.maximum(b[..., 1], 1)
@@ -187,12 +241,21 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
   t1, t2, t3 = (float(t) for t in cfg.thresholds)
   n1, n2, n3, n4 = (float(t) for t in cfg.nms)
 
-  def stage_one(variables, integral, image_hw, height: int, width: int):
+  def resample(src, y0, x0, h, w, out_h, out_w, size_hw):
+    """One image's window resampled the configured way (src: its integral image, or its
+    pixels and size)."""
+    if cfg.resample == "area":
+      return area_resample(src, y0, x0, h, w, out_h, out_w, size_hw)
+    image, hw = src
+    return bilinear_resample(image, hw, y0, x0, h, w, out_h, out_w, size_hw)
+
+  def stage_one(variables, sources, image_hw, height: int, width: int):
     """-> boxes [B, R, 4] (squared, after regression), valid [B, R], R = rnet_max."""
     scales = pyramid_scales(min(height, width), cfg)
     if not scales:
-      bsz = integral.shape[0]
+      bsz = image_hw.shape[0]
       return jnp.zeros((bsz, 1, 4), jnp.float32), jnp.zeros((bsz, 1), bool)
+    bsz = image_hw.shape[0]
     n_levels = jnp.asarray(level_count_table(max(height, width), cfg))[
         jnp.minimum(image_hw[:, 0], image_hw[:, 1])]                       # [B]
     levels = []                   # per level: boxes [B, n, 4], scores [B, n], live [B, n], reg
@@ -200,8 +263,8 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
       th, tw = level_size_table(height, s), level_size_table(width, s)
       lh, lw = int(th[height]), int(tw[width])
       oh, ow = jnp.asarray(th)[image_hw[:, 0]], jnp.asarray(tw)[image_hw[:, 1]]
-      level = jax.vmap(lambda ii, a, b, c, d: area_resample(ii, 0, 0, a, b, c, d, (lh, lw)))(
-          integral, image_hw[:, 0], image_hw[:, 1], oh, ow)
+      level = jax.vmap(lambda src, a, b, c, d: resample(src, 0, 0, a, b, c, d, (lh, lw)))(
+          sources, image_hw[:, 0], image_hw[:, 1], oh, ow)
       out = model.apply(variables, normalise(level), valid_hw=jnp.stack([oh, ow], -1))
       prob = jax.nn.softmax(out["logits"], axis=-1)[..., 1]               # [B, ch, cw]
       bsz, ch, cw = prob.shape
@@ -237,12 +300,12 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
     boxes = rerec(regress(res.boxes, _take(reg, res.indices), plus_one=False))
     return boxes, res.valid
 
-  def refine(variables, integral, image_hw, boxes, valid, net: str, size: int, chunk: int):
+  def refine(variables, sources, image_hw, boxes, valid, net: str, size: int, chunk: int):
     """Crops of `boxes` [B, N, 4] through R-Net / O-Net -> (face prob [B, N], outputs [B, N,
     ...], valid & non-empty crop). The N boxes go in chunks of `chunk` per image, and a chunk
     with no valid box in any image is skipped (valid boxes come first), so the work follows
     the number of candidates, not the capacity."""
-    y0, x0, h, w, ok = crop_windows(boxes, image_hw)
+    y0, x0, h, w, ok = crop_windows(boxes, image_hw, clip=cfg.resample == "area")
     valid = valid & ok
     bsz, n = valid.shape
     chunk = min(chunk, n)
@@ -253,12 +316,12 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
       a = jnp.pad(a, ((0, 0), (0, pad)))
       return jnp.moveaxis(a.reshape(bsz, n_chunks, chunk), 1, 0)
 
-    one = jax.vmap(lambda s, a, b, c, d: area_resample(s, a, b, c, d, size, size,
-                                                       (size, size)),
+    one = jax.vmap(lambda src, a, b, c, d: resample(src, a, b, c, d, size, size,
+                                                    (size, size)),
                    in_axes=(None, 0, 0, 0, 0))
 
     def run(win):
-      x = normalise(jax.vmap(one)(integral, *win))                  # [B, chunk, s, s, 3]
+      x = normalise(jax.vmap(one)(sources, *win))                   # [B, chunk, s, s, 3]
       out = model.apply(variables, x.reshape((bsz * chunk,) + x.shape[2:]), method=net)
       return jax.tree.map(lambda v: v.reshape((bsz, chunk) + v.shape[1:]), out)
 
@@ -280,18 +343,19 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
       image_hw = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (bsz, 1))
     image_hw = jnp.clip(jnp.asarray(image_hw, jnp.int32), 1,
                         jnp.asarray([height, width], jnp.int32))
-    integral = jax.vmap(integral_image)(images)
+    sources = (jax.vmap(integral_image)(images) if cfg.resample == "area"
+               else (images.astype(jnp.float32), image_hw))
     # Stage 1: P-Net over the pyramid.
-    boxes, valid = stage_one(variables, integral, image_hw, height, width)
+    boxes, valid = stage_one(variables, sources, image_hw, height, width)
     # Stage 2: R-Net.
-    prob, out, valid = refine(variables, integral, image_hw, boxes, valid, "rnet", 24,
+    prob, out, valid = refine(variables, sources, image_hw, boxes, valid, "rnet", 24,
                               cfg.rnet_chunk)
     valid = valid & (prob > t2)
     res = nms_lib.batched_nms(boxes, prob, iou_threshold=n3,
                               max_output=min(cfg.onet_max, boxes.shape[1]), valid=valid)
     boxes = rerec(regress(res.boxes, _take(out["reg"], res.indices), plus_one=True))
     # Stage 3: O-Net.
-    prob, out, valid = refine(variables, integral, image_hw, boxes, res.valid, "onet", 48,
+    prob, out, valid = refine(variables, sources, image_hw, boxes, res.valid, "onet", 48,
                               cfg.onet_chunk)
     valid = valid & (prob > t3)
     w = boxes[..., 2] - boxes[..., 0] + 1
