@@ -243,6 +243,12 @@ def test_load_sweep_step_and_missing(sweep_dir, tmp_path, capsys):
   assert runs[0]["step"] == 100 and runs[0]["workdir"] == str(sweep_dir / "res2x")
   assert runs[0]["ap_by_height"][2]["hi"] == float("inf") and runs[0]["aps"]["hard"] == 0.5
   assert scale_sweep.run_label(runs[0]) == "res2x (model.scale=2, eval.scales=(1,))"
+  # Legends name what tells the runs apart: overrides equal in every run are left out.
+  same = [dict(r, overrides=dict(r["overrides"], **{"model.templates": "/a/long/path.mat"}))
+          for r in runs]
+  keys = scale_sweep.varying_keys(same)
+  assert "model.templates" not in keys and scale_sweep.varying_keys(same[:1]) >= keys
+  assert "long/path" not in scale_sweep.run_label(same[0], keys)
   runs = scale_sweep.load_sweep(sweep_dir, step=0)
   assert runs[0]["step"] == 0 and runs[0]["ap_by_height"][0]["ap"] == 0.4
   assert runs[1]["ap_by_height"] is None and "steps with one: 50" in runs[1]["problem"]

@@ -52,7 +52,7 @@ def test_pt_and_lz4_files_import_to_the_same_numbers(det, weights_dir, variables
 
 def test_networks_match_facenet_outputs(det, variables, ref):
   m = det.model
-  out = m.apply(variables, jnp.asarray(ref["pnet_input"]).transpose(0, 2, 3, 1))
+  out = m.apply(variables, jnp.asarray(ref["pnet_input"]).transpose(0, 2, 3, 1), method="pnet")
   np.testing.assert_allclose(np.asarray(jax.nn.softmax(out["logits"], -1)).transpose(0, 3, 1, 2),
                              ref["pnet_prob"], atol=1e-5)
   np.testing.assert_allclose(np.asarray(out["reg"]).transpose(0, 3, 1, 2), ref["pnet_reg"],
@@ -150,9 +150,9 @@ def test_pnet_on_a_padded_input_equals_pnet_on_the_image(det, variables):
   equals P-Net on the image alone (odd sizes make the last pool window partial)."""
   rng = np.random.default_rng(1)
   img = model_lib.normalise(rng.integers(0, 256, (2, 37, 51, 3)).astype(np.float32))
-  alone = det.model.apply(variables, img)
+  alone = det.model.apply(variables, img, method="pnet")
   padded = jnp.pad(img, ((0, 0), (0, 12), (0, 9), (0, 0)), constant_values=3.0)
-  got = det.model.apply(variables, padded, valid_hw=jnp.asarray([[37, 51], [37, 51]]))
+  got = det.model.apply(variables, padded, jnp.asarray([[37, 51], [37, 51]]), method="pnet")
   ch, cw = model_lib.pnet_output_size(37), model_lib.pnet_output_size(51)
   assert alone["logits"].shape[1:3] == (ch, cw)
   for k in ("logits", "reg"):

@@ -147,13 +147,24 @@ def _value_text(v) -> str:
   return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def run_label(run: dict) -> str:
-  """`name (path=value, ...)`: the legend entry of a run."""
+def run_label(run: dict, keys=None) -> str:
+  """`name (path=value, ...)`: the legend entry of a run (only the override `keys` when
+  given: what tells the runs of a sweep apart)."""
   def short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 4] + " ...)"
 
-  ov = ", ".join(f"{k}={short(_value_text(v))}" for k, v in run["overrides"].items())
+  ov = ", ".join(f"{k}={short(_value_text(v))}" for k, v in run["overrides"].items()
+                 if keys is None or k in keys)
   return f"{run['name']} ({ov})" if ov else run["name"]
+
+
+def varying_keys(runs: list) -> set:
+  """The override paths whose values differ between `runs` (all of them for a single run)."""
+  keys = {k for r in runs for k in r["overrides"]}
+  if len(runs) < 2:
+    return keys
+  return {k for k in keys
+          if len({json.dumps(r["overrides"].get(k), sort_keys=True) for r in runs}) > 1}
 
 
 def all_bins(runs: list) -> list:
@@ -217,12 +228,14 @@ def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height")
   fig = Figure(figsize=(8.5, 5.5), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
+  keys = varying_keys([r for r in runs if r["ap_by_height"] is not None])
   for r in runs:
     if r["ap_by_height"] is None:
       continue
     pts = [(size_bins.bin_centre(row["lo"], row["hi"]), row["ap"]) for row in r["ap_by_height"]
            if row["ap"] is not None]
-    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", lw=2.0, label=run_label(r))
+    ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", lw=2.0,
+            label=run_label(r, keys))
   ax.set_xscale("log")
   centres = [size_bins.bin_centre(lo, hi) for lo, hi, _ in bins]
   ax.set_xticks(centres, [f"{size_bins.bin_label(lo, hi)}\nn={n}" for lo, hi, n in bins])

@@ -74,6 +74,8 @@ class CascadeConfig:
       "bilinear" (the original MATLAB code's way: bilinear sampling, half-pixel centres, and
       crops of the whole unclipped box with zeros outside the image; the level sizes stay
       facenet's).
+    stages: run the cascade up to stage 1 (P-Net alone), 2 or 3 (all): a stage being trained
+      is evaluated as the detector it ends (its regressed boxes, not squared).
   """
   min_face_size: float = 20.0
   thresholds: tuple = (0.6, 0.7, 0.7)
@@ -85,6 +87,7 @@ class CascadeConfig:
   rnet_chunk: int = 256
   onet_chunk: int = 64
   resample: str = "area"
+  stages: int = 3
 
   def __post_init__(self):
     if self.min_face_size < 12:
@@ -92,6 +95,8 @@ class CascadeConfig:
                        f"{self.min_face_size}")
     if not 0 < self.factor < 1:
       raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+    if self.stages not in (1, 2, 3):
+      raise ValueError(f"stages must be 1, 2 or 3, got {self.stages}")
     if self.resample not in RESAMPLE:
       raise ValueError(f"resample must be one of {RESAMPLE}, got {self.resample!r}")
     if len(self.thresholds) != 3 or len(self.nms) != 4:
@@ -250,11 +255,13 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
     return bilinear_resample(image, hw, y0, x0, h, w, out_h, out_w, size_hw)
 
   def stage_one(variables, sources, image_hw, height: int, width: int):
-    """-> boxes [B, R, 4] (squared, after regression), valid [B, R], R = rnet_max."""
+    """-> boxes [B, R, 4] (after regression, not squared), P-Net scores [B, R], valid [B, R],
+    R = rnet_max, in descending score order."""
     scales = pyramid_scales(min(height, width), cfg)
     if not scales:
       bsz = image_hw.shape[0]
-      return jnp.zeros((bsz, 1, 4), jnp.float32), jnp.zeros((bsz, 1), bool)
+      return (jnp.zeros((bsz, 1, 4), jnp.float32), jnp.zeros((bsz, 1), jnp.float32),
+              jnp.zeros((bsz, 1), bool))
     bsz = image_hw.shape[0]
     n_levels = jnp.asarray(level_count_table(max(height, width), cfg))[
         jnp.minimum(image_hw[:, 0], image_hw[:, 1])]                       # [B]
@@ -265,7 +272,7 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
       oh, ow = jnp.asarray(th)[image_hw[:, 0]], jnp.asarray(tw)[image_hw[:, 1]]
       level = jax.vmap(lambda src, a, b, c, d: resample(src, 0, 0, a, b, c, d, (lh, lw)))(
           sources, image_hw[:, 0], image_hw[:, 1], oh, ow)
-      out = model.apply(variables, normalise(level), valid_hw=jnp.stack([oh, ow], -1))
+      out = model.apply(variables, normalise(level), jnp.stack([oh, ow], -1), method="pnet")
       prob = jax.nn.softmax(out["logits"], axis=-1)[..., 1]               # [B, ch, cw]
       bsz, ch, cw = prob.shape
       rows = jnp.arange(ch)[None, :, None] < pnet_output_size(oh)[:, None, None]
@@ -297,8 +304,7 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
     scores, reg, valid = res.scores, _take(reg, res.indices), res.valid
     res = nms_lib.batched_nms(boxes, scores, iou_threshold=n2,
                               max_output=min(cfg.rnet_max, boxes.shape[1]), valid=valid)
-    boxes = rerec(regress(res.boxes, _take(reg, res.indices), plus_one=False))
-    return boxes, res.valid
+    return regress(res.boxes, _take(reg, res.indices), plus_one=False), res.scores, res.valid
 
   def refine(variables, sources, image_hw, boxes, valid, net: str, size: int, chunk: int):
     """Crops of `boxes` [B, N, 4] through R-Net / O-Net -> (face prob [B, N], outputs [B, N,
@@ -336,6 +342,16 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
     prob = jax.nn.softmax(out["logits"], axis=-1)[..., 1]
     return prob, out, valid
 
+  def early_output(boxes, scores, valid):
+    """The detections of a cascade cut after stage 1 or 2 (a stage being trained): its
+    regressed boxes (not squared) and scores, the first `max_output`, no landmarks."""
+    k = min(max_output, boxes.shape[1])
+    pad = max_output - k
+    out = {"boxes": boxes[:, :k], "scores": jnp.where(valid, scores, 0.0)[:, :k],
+           "valid": valid[:, :k]}
+    return jax.tree.map(lambda v: jnp.pad(v, ((0, 0), (0, pad)) + ((0, 0),) * (v.ndim - 2)),
+                        out)
+
   @jax.jit
   def predict(variables, images, image_hw=None):
     bsz, height, width = images.shape[:3]
@@ -346,14 +362,20 @@ def make_cascade_predict(detector, cfg: CascadeConfig, infer_cfg):
     sources = (jax.vmap(integral_image)(images) if cfg.resample == "area"
                else (images.astype(jnp.float32), image_hw))
     # Stage 1: P-Net over the pyramid.
-    boxes, valid = stage_one(variables, sources, image_hw, height, width)
+    boxes, scores, valid = stage_one(variables, sources, image_hw, height, width)
+    if cfg.stages == 1:
+      return early_output(boxes, scores, valid)
+    boxes = rerec(boxes)
     # Stage 2: R-Net.
     prob, out, valid = refine(variables, sources, image_hw, boxes, valid, "rnet", 24,
                               cfg.rnet_chunk)
     valid = valid & (prob > t2)
     res = nms_lib.batched_nms(boxes, prob, iou_threshold=n3,
                               max_output=min(cfg.onet_max, boxes.shape[1]), valid=valid)
-    boxes = rerec(regress(res.boxes, _take(out["reg"], res.indices), plus_one=True))
+    boxes = regress(res.boxes, _take(out["reg"], res.indices), plus_one=True)
+    if cfg.stages == 2:
+      return early_output(boxes, res.scores, res.valid)
+    boxes = rerec(boxes)
     # Stage 3: O-Net.
     prob, out, valid = refine(variables, sources, image_hw, boxes, res.valid, "onet", 48,
                               cfg.onet_chunk)

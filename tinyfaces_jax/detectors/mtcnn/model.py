@@ -47,11 +47,18 @@ class MTCNNConfig:
     pnet_landmarks: give P-Net the 1x1 -> 10 landmark head of the training
       reimplementations (not in the released weights).
     dropout: O-Net's drop5 rate at train time (det3.prototxt: 0.25).
+    train_stage: the network `MTCNN.__call__` runs (the one a training stage fits on its
+      crops): "pnet", "rnet" or "onet".
     dtype: compute dtype name (float32 / bfloat16); parameters stay float32.
   """
   pnet_landmarks: bool = False
   dropout: float = 0.25
+  train_stage: str = "pnet"
   dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.train_stage not in NETS:
+      raise ValueError(f"train_stage must be one of {NETS}, got {self.train_stage!r}")
 
 
 def normalise(images):
@@ -152,9 +159,11 @@ class ONet(nn.Module):
 class MTCNN(nn.Module):
   """The three networks in one variables tree {pnet, rnet, onet}.
 
-  `__call__(x, train=False, valid_hw=None)` runs P-Net on a normalised image batch (the
-  fully convolutional stage; at init it also builds R-Net and O-Net); `rnet(crops)` and
-  `onet(crops, train)` run the others (`model.apply(variables, crops, method="rnet")`).
+  `__call__(x, train=False)` runs the network of `config.train_stage` on x (P-Net on images
+  or 12 x 12 crops, R-Net on 24 x 24, O-Net on 48 x 48: what a training stage fits); `init`
+  builds all three from their native input sizes whatever x is. `pnet(x, valid_hw)`,
+  `rnet(crops)` and `onet(crops, train)` run one network (`model.apply(variables, x,
+  method="pnet")`), as the cascade does.
   """
   config: MTCNNConfig
 
@@ -163,11 +172,17 @@ class MTCNN(nn.Module):
     self.r = RNet(self.config, name="rnet")
     self.o = ONet(self.config, name="onet")
 
-  def __call__(self, x, train: bool = False, valid_hw=None):
-    del train
+  def __call__(self, x, train: bool = False):
     if self.is_initializing():
+      self.p(jnp.zeros((1, PNET_CELL, PNET_CELL, 3), jnp.float32))
       self.r(jnp.zeros((1, 24, 24, 3), jnp.float32))
-      self.o(jnp.zeros((1, 48, 48, 3), jnp.float32))
+      return self.o(jnp.zeros((1, 48, 48, 3), jnp.float32))
+    stage = self.config.train_stage
+    if stage == "pnet":
+      return self.p(x)
+    return self.r(x) if stage == "rnet" else self.o(x, train)
+
+  def pnet(self, x, valid_hw=None):
     return self.p(x, valid_hw)
 
   def rnet(self, crops):
