@@ -5,6 +5,9 @@
   --mode=eval             evaluates the workdir's latest checkpoint (or `config.init`
                           weights) and writes WIDER predictions, APs and PR curves.
   --mode=prepare          prepares the configured TFDS dataset (once, on host 0) and exits.
+  --mode=cascade          trains a cascade's stages in sequence (the config module's
+                          CASCADE_STAGES, e.g. configs/mtcnn.py:embedded), each in
+                          <workdir>/<stage> from the stage before (training/stages.py).
   --config.<path>=<value> overrides any config field (ml_collections).
   --workdir               a local folder or a URL (gs://bucket/run), shared by every host.
 Several hosts (a Cloud TPU pod slice, multi-node GPU), the same command on each:
@@ -35,7 +38,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder or URL (checkpoints, logs, "
                                "evals); not needed for --mode=prepare.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "prepare"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "prepare", "cascade"],
+                          "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() with the "
                                "cluster's auto-detection (Cloud TPU VM, SLURM, Open MPI).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
@@ -73,6 +77,12 @@ def _main(argv) -> int:
   from tinyfaces_jax.training import checkpointing
   if _MODE.value == "eval":
     train.evaluate_only(_CONFIG.value, _WORKDIR.value)
+  elif _MODE.value == "cascade":
+    from tinyfaces_jax.training import stages
+    flag = flags.FLAGS["config"]
+    stages.train_stages(config_flags.get_config_filename(flag),
+                        config_flags.get_override_values(flag), _WORKDIR.value,
+                        log=train._log)
   else:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:

@@ -35,10 +35,11 @@ def config(resize="none"):
 _LOADED = {}
 
 
-def _load_once(spec, weights, _load=detect.load_variables):
-  """`detect.load_variables`, once per weights file in this module (the slow part of a run)."""
+def _load_once(detector, weights, _load=checkpointing.model_variables):
+  """`checkpointing.model_variables`, once per weights file in this module (the slow part of
+  a run)."""
   if weights not in _LOADED:
-    _LOADED[weights] = _load(spec, weights)
+    _LOADED[weights] = _load(detector, weights)
   return _LOADED[weights]
 
 
@@ -51,7 +52,7 @@ def detections(shared_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("out")
   weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(detect, "load_variables", _load_once)
+    mp.setattr(checkpointing, "model_variables", _load_once)
     result = detect.run(config(), str(weights), str(out), [str(images)], log=lambda m: None)
   return result, out, images
 
@@ -117,28 +118,28 @@ def test_weights_from_a_training_workdir(tmp_path):
   manager.close()
   (tmp_path / "config.json").write_text(c.to_json_best_effort(indent=1))
   for weights in (tmp_path, tmp_path / "checkpoints" / "7"):
-    variables, what = detect.load_variables(spec, str(weights))
+    variables, what = checkpointing.model_variables(spec.detector, str(weights))
     assert "step 7" in what
     for a, b in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(state.params)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    saved = detect.saved_config(str(weights))
+    saved = checkpointing.saved_config(str(weights))
     assert saved.detector == "retinaface" and saved.model.preset == c.model.preset
     assert train.RunSpec.from_config(saved).detector.name == "retinaface"
-  assert detect.saved_config(str(tmp_path / "checkpoints" / "7" / "state")) is None
+  assert checkpointing.saved_config(str(tmp_path / "checkpoints" / "7" / "state")) is None
   with pytest.raises(FileNotFoundError, match="checkpoints/9: no such file or folder"):
-    detect.load_variables(spec, str(tmp_path / "checkpoints" / "9"))
+    checkpointing.model_variables(spec.detector, str(tmp_path / "checkpoints" / "9"))
   other = test_config.get_config()
   other.model.preset = "resnet50"
   with pytest.raises(ValueError, match=r"does not fit the configured model .*configured "
                                        r"detector 'retinaface'; the run trained detector "
                                        r"'retinaface' \(its config.json: omit --config"):
-    detect.load_variables(train.RunSpec.from_config(other), str(tmp_path))
+    checkpointing.model_variables(train.RunSpec.from_config(other).detector, str(tmp_path))
 
 
 def test_url_images_and_output_dir(shared_dir, ram_dir, monkeypatch):
   """Images read from, and JSON + PNG written to, ram:// URLs (the gs:// code path); the
   record names the image URL; nothing appears on the local disk."""
-  monkeypatch.setattr(detect, "load_variables", _load_once)  # the fixture's weights
+  monkeypatch.setattr(checkpointing, "model_variables", _load_once)  # the fixture's weights
   images = url_fs.copy_tree(shared_dir / "reference/images/ivan.jpg", ram_dir / "in/ivan.jpg")
   (ram_dir / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
   weights = shared_dir / "weights/retinaface/mobilenet0.25_Final.m2man.pth"

@@ -20,7 +20,7 @@ def test_families_are_the_packages():
                                                  r"\['hr', 'mtcnn', 'retinaface', 's3fd', 'ssh'\]"):
     detectors.build_detector("retina")
   with pytest.raises(settings.ConfigError, match=r"unknown recipe 'tiny_faces'; the families "
-                                                 r"with a training recipe: \['hr', 'retinaface', 's3fd', 'ssh'\]"):
+                                                 r"with a training recipe: \['hr', 'mtcnn', 'retinaface', 's3fd', 'ssh'\]"):
     detectors.make_transform("tiny_faces")
 
 

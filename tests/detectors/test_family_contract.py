@@ -151,6 +151,7 @@ def test_own_training_input_and_prediction_through_loop_evaluators_and_detect(
   from configs import common
   from tinyfaces_jax import detectors
   from tinyfaces_jax.cli import detect
+  from tinyfaces_jax.training import checkpointing
   from tinyfaces_jax.training import train
 
   assert FAMILY in detectors.known_families()
@@ -197,7 +198,7 @@ def test_own_training_input_and_prediction_through_loop_evaluators_and_detect(
 
   # detect: the workdir's own config (the toy family) and weights, the family's predictor.
   photo = tmp_path / "fddb" / "originalPics" / f"{names[1]}.jpg"
-  r = detect.run(detect.saved_config(str(tmp_path / "wd")), str(tmp_path / "wd"),
+  r = detect.run(checkpointing.saved_config(str(tmp_path / "wd")), str(tmp_path / "wd"),
                  str(tmp_path / "det"), [str(photo)], min_score=0.0, log=lambda m: None)
   assert r["images"] == 1 and family.CALLS["make_predict"] == 2
   record = json.loads((tmp_path / "det" / "img_1.json").read_text())

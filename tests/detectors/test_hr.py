@@ -68,7 +68,8 @@ def test_output_shapes_odd_and_even(backbone, hw):
 
 @pytest.mark.parametrize("backbone", [
     pytest.param("resnet50", marks=pytest.mark.slow),
-    pytest.param("mobilenet0.25", marks=pytest.mark.slow), "vgg16"])
+    pytest.param("mobilenet0.25", marks=pytest.mark.slow),
+    pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_receptive_field_centres_of_the_taps(backbone):
   """With positive weights, identity BatchNorm and a positive random input every unit is
   linear, so |d tap[y, x] / d input| is centred on the cell's receptive field (max pools

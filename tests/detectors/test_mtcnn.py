@@ -251,8 +251,9 @@ def test_config_errors_name_the_key():
     build_detector("mtcnn", {"resample": "cubic"}, {})
   with pytest.raises(settings.ConfigError, match="min_face_size must be >= 12"):
     build_detector("mtcnn", {"min_face_size": 8}, {})
-  with pytest.raises(settings.ConfigError, match="not built yet"):
-    build_detector("mtcnn", {}, {}).loss({}, {})
+  with pytest.raises(settings.ConfigError, match=r"config.loss.keep_ratoi \(did you mean "
+                                                 r"config.loss.keep_ratio\?\)"):
+    build_detector("mtcnn", {}, {"keep_ratoi": 0.7})
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,8 @@ def synthetic_state_dict(layout: str, seed: int = 0, head_scale: float = 1.0) ->
   return sd
 
 
-@pytest.mark.parametrize("layout,priors_640", [("face_alignment", 34356), ("yxlijun", 34125)])
+@pytest.mark.parametrize("layout,priors_640", [
+    pytest.param("face_alignment", 34356, marks=pytest.mark.slow), ("yxlijun", 34125)])
 def test_import_and_forward_match_the_numpy_release(layout, priors_640, tmp_path, monkeypatch):
   sd = synthetic_state_dict(layout)
   assert len(sd) == 65 and round(sum(v.size for v in sd.values()) / 1e4) == 2246  # 22.46M

@@ -107,6 +107,7 @@ def test_url_workdir_stays_a_url(uninterrupted, data_dir, ram_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_its_step(data_dir, tmp_path):
   c = make_config(data_dir, num_steps=6, log_every=3, checkpoint_every=100)
   c.optim.learning_rate = 1e12

@@ -33,7 +33,6 @@ import io
 import json
 import os
 import time
-from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -90,60 +89,6 @@ def load_image(path):
       return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
   except (OSError, ValueError, SyntaxError) as e:
     raise ValueError(f"{path}: cannot read the image ({e})") from e
-
-
-def workdir_of(weights) -> Optional[epath.Path]:
-  """The training workdir `weights` names (the folder itself, or the workdir of a
-  `checkpoints/<step>` folder), or None for a file or another folder."""
-  p = paths.resolve(weights)
-  if p.name.isdigit() and p.parent.name == "checkpoints":
-    p = p.parent.parent
-  return p if (p / "checkpoints").is_dir() else None
-
-
-def saved_config(weights):
-  """The ml_collections config a training workdir saved (`config.json`), or None."""
-  import ml_collections
-  wd = workdir_of(weights)
-  if wd is None or not (wd / "config.json").is_file():
-    return None
-  return ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-
-
-def load_variables(spec, weights: str) -> tuple[dict, str]:
-  """Weights file / workdir / checkpoints/<step> folder (paths or URLs) -> (variables
-  {'params', 'batch_stats'}, description), with no optimizer: a file through the detector's
-  importer, a workdir's checkpoint through `checkpointing.restore_variables`."""
-  import jax
-  from tinyfaces_jax.training import checkpointing
-  from tinyfaces_jax.detectors import base
-  det = spec.detector
-  abstract = jax.eval_shape(lambda: det.init_variables((64, 64)))
-  abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
-  weights = det.weights_path(weights)
-  p = paths.resolve(weights)
-  if p.is_file() or (det.folder_weights and p.is_dir() and workdir_of(p) is None):
-    variables, _ = base.load_initial_weights(det, abstract, checkpoint=os.fspath(p))
-    return jax.device_put(variables, jax.devices()[0]), f"weights {p}"
-  if not p.is_dir():
-    raise FileNotFoundError(f"--weights {weights}: no such file or folder")
-  wd = workdir_of(p)
-  if wd is None:
-    raise FileNotFoundError(f"--weights {weights}: a folder must be a training workdir (with "
-                            "checkpoints/) or one of its checkpoints/<step> folders")
-  step = int(p.name) if p != wd else None
-  manager = checkpointing.make_manager(wd / "checkpoints")
-  try:
-    variables, step = checkpointing.restore_variables(manager, abstract, step)
-  except ValueError as e:
-    saved = saved_config(wd)
-    trained = f"; the run trained detector {saved.detector!r} (its config.json: omit --config " \
-              "to use it)" if saved is not None else ""
-    raise ValueError(f"--weights {weights}: {e}; configured detector {det.name!r}"
-                     f"{trained}") from None
-  finally:
-    manager.close()
-  return variables, f"checkpoint step {step} of {wd}"
 
 
 def face_records(det: dict, min_score: float) -> list[dict]:
@@ -225,7 +170,8 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   if align and spec.detector.landmark_flip is None:
     raise ValueError(f"--align: the {spec.detector.name} detector predicts no landmarks; "
                      "alignment needs the 5 points of RetinaFace or MTCNN")
-  variables, what = load_variables(spec, weights)
+  from tinyfaces_jax.training import checkpointing
+  variables, what = checkpointing.model_variables(spec.detector, weights)
   predict = inference.make_predict_fn(spec.detector, cfg)
   out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -297,10 +243,11 @@ def _detect(argv) -> int:
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if not flags.FLAGS["config"].present:  # a workdir's own config unless one is given
-    saved = saved_config(_WEIGHTS.value)
+    from tinyfaces_jax.training import checkpointing
+    saved = checkpointing.saved_config(_WEIGHTS.value)
     if saved is not None:
       config = saved
-      print(f"config: {workdir_of(_WEIGHTS.value) / 'config.json'} (the run's own; --config "
+      print(f"config: {checkpointing.workdir_of(_WEIGHTS.value) / 'config.json'} (the run's own; --config "
             "to override)", flush=True)
   with config.unlocked():
     if _SCALES.value is not None:

@@ -20,7 +20,7 @@ evaluates with the float32 one on the same parameters.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -61,6 +61,11 @@ class Detector:
       (MTCNN's "pypi:mtcnn": the installed package's files); other names come back as given.
     folder_weights: the importer takes a folder of files (MTCNN's three networks), so a
       folder that is not a training workdir goes to `import_weights`.
+    prepare_training: None, or `(variables, TrainingContext) -> recipe options`: work the
+      family does with its starting weights before its training batches can be made (MTCNN's
+      R- / O-Net stages mine hard samples with the trained, frozen earlier nets); the
+      training loop calls it on every host once the state is initialised or restored and
+      passes what it returns to the recipe's `train_dataset`.
   """
   name: str
   model: nn.Module
@@ -75,6 +80,7 @@ class Detector:
   make_predict: Optional[Callable] = None
   locate_weights: Optional[Callable[[str], str]] = None
   folder_weights: bool = False
+  prepare_training: Optional[Callable[[dict, "TrainingContext"], dict]] = None
 
   def weights_path(self, path: str) -> str:
     """`path` through `locate_weights` (a family's own weight names), else unchanged."""
@@ -105,6 +111,33 @@ class Detector:
       raise ValueError(f"{self.name}: compute dtype must be float32 or bfloat16, got {name}")
     return dataclasses.replace(self, model=self.model.clone(
         config=dataclasses.replace(cfg, dtype=name)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingContext:
+  """What the training loop gives a family's `prepare_training`.
+
+  Attributes:
+    builder / split: the run's dataset and training split.
+    options: config.data.recipe_options (a dict).
+    workdir: the run's workdir (epath.Path; a URL stays a URL).
+    predict_split: `(predict, reduce) -> {image key: reduce(key, detections)}`: `predict`
+      (inference.make_predict_fn's contract) over every image of the training split, each
+      host its share (test resize and size buckets of config.eval), merged on every host; a
+      collective (every host calls it); `reduce` is what a host keeps of each image.
+    host0_first: `(name, fn) -> fn()` run on host 0 first, then on the others (a file host 0
+      writes is there when they run).
+    any_host: `flag -> bool`: whether any host's flag is set (a collective).
+    log: prints on host 0.
+  """
+  builder: Any
+  split: str
+  options: dict
+  workdir: Any
+  predict_split: Callable
+  host0_first: Callable
+  any_host: Callable[[bool], bool]
+  log: Callable[[str], None]
 
 
 def load_initial_weights(detector: Detector, variables: dict, *, checkpoint: Optional[str] = None,

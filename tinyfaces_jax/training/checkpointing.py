@@ -22,6 +22,7 @@ interpreter cannot exit normally while a thread is inside XLA.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -127,6 +128,59 @@ def restore_variables(manager: ocp.CheckpointManager, abstract: dict,
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       abstract, restore_args=args, partial_restore=True)))["state"]
   return {k: state[k] for k in abstract}, step
+
+
+def workdir_of(weights):
+  """The training workdir (epath.Path) `weights` names: the folder itself, or the workdir of a
+  `checkpoints/<step>` folder; None for a file or another folder."""
+  p = paths.resolve(weights)
+  if p.name.isdigit() and p.parent.name == "checkpoints":
+    p = p.parent.parent
+  return p if (p / "checkpoints").is_dir() else None
+
+
+def saved_config(weights):
+  """The ml_collections config a training workdir saved (`config.json`), or None."""
+  import ml_collections
+  wd = workdir_of(weights)
+  if wd is None or not (wd / "config.json").is_file():
+    return None
+  return ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
+
+
+def model_variables(detector, weights: str, what: str = "--weights") -> tuple[dict, str]:
+  """Weights file / workdir / checkpoints/<step> folder (paths or URLs) -> (variables
+  {'params', 'batch_stats'} on the first device, a description), with no optimizer: a file
+  (or, for `detector.folder_weights`, a folder of files) through the detector's importer, a
+  workdir's checkpoint through `restore_variables`. Errors start with `what` (the flag or
+  config field that named the weights)."""
+  from tinyfaces_jax.detectors import base
+  abstract = jax.eval_shape(lambda: detector.init_variables((64, 64)))
+  abstract = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+  weights = detector.weights_path(weights)
+  p = paths.resolve(weights)
+  if p.is_file() or (detector.folder_weights and p.is_dir() and workdir_of(p) is None):
+    variables, _ = base.load_initial_weights(detector, abstract, checkpoint=os.fspath(p))
+    return jax.device_put(variables, jax.devices()[0]), f"weights {p}"
+  if not p.is_dir():
+    raise FileNotFoundError(f"{what} {weights}: no such file or folder")
+  wd = workdir_of(p)
+  if wd is None:
+    raise FileNotFoundError(f"{what} {weights}: a folder must be a training workdir (with "
+                            "checkpoints/) or one of its checkpoints/<step> folders")
+  step = int(p.name) if p != wd else None
+  manager = make_manager(wd / "checkpoints")
+  try:
+    variables, step = restore_variables(manager, abstract, step)
+  except ValueError as e:
+    saved = saved_config(wd)
+    trained = f"; the run trained detector {saved.detector!r} (its config.json: omit --config " \
+              "to use it)" if saved is not None else ""
+    raise ValueError(f"{what} {weights}: {e}; configured detector {detector.name!r}"
+                     f"{trained}") from None
+  finally:
+    manager.close()
+  return variables, f"checkpoint step {step} of {wd}"
 
 
 def _shape_differences(saved, want) -> list[str]:

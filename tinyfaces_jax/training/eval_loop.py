@@ -107,30 +107,27 @@ def _allgather(dets: dict) -> dict:
   return out
 
 
-class Evaluation:
-  """Evaluates variables of `detector` with the configured evaluators (construct once, run
-  often); `builder` / `split` are the run's dataset and eval split."""
+class PredictionPass:
+  """Runs a predictor over image sets on every host: each host its own share of the images,
+  each image exactly once, in size buckets with padded last batches, on its local devices
+  (the batch split over them, parameters replicated); detections in original pixels.
 
-  def __init__(self, detector: Detector, builder, split: str,
-               inf_cfg: inference.InferenceConfig, loop_cfg: EvalLoopConfig,
-               log: Callable[[str], None] = print):
-    self.detector, self.log = detector, log
-    self.inf_cfg, self.loop_cfg = inf_cfg, loop_cfg
-    self.evaluators = evaluators_lib.make_evaluators(loop_cfg.evaluators, builder, split,
-                                                     loop_cfg.max_images)
-    if not self.evaluators:
-      raise settings.ConfigError("config.eval.evaluators: no evaluator configured")
-    self.predict = inference.make_predict_fn(detector, inf_cfg)
+  `predict`: (variables, images [B, H, W, 3], image_hw [B, 2]) -> dict(boxes [B, K, 4],
+  scores [B, K], valid [B, K][, landmarks]) (inference.make_predict_fn's contract);
+  `inf_cfg` gives the test resize and size buckets; `batch_size` images per host and step
+  (0: one per local device); `pad_value` fills the bucket padding; `name` starts its log
+  lines."""
+
+  def __init__(self, predict: Callable, inf_cfg: inference.InferenceConfig, batch_size: int,
+               pad_value, log: Callable[[str], None] = print, name: str = "eval"):
+    self.predict, self.inf_cfg, self.pad_value, self.log = predict, inf_cfg, pad_value, log
+    self.name = name
     self.mesh = sharding.make_mesh(jax.local_devices())
     n_local = self.mesh.devices.size
-    self.batch_size = loop_cfg.batch_size or n_local
+    self.batch_size = batch_size or n_local
     if self.batch_size % n_local:
-      raise ValueError(f"config.eval.batch_size {loop_cfg.batch_size} is not divisible by "
+      raise ValueError(f"config.eval.batch_size {batch_size} is not divisible by "
                        f"this host's {n_local} devices (0 = one image per device)")
-
-  def describe(self) -> str:
-    """e.g. "wider (validation)"."""
-    return ", ".join(f"{e.name} ({e.images().describe()})" for e in self.evaluators)
 
   def _dataset(self, images: evaluators_lib.ImageSet):
     import tensorflow as tf
@@ -141,15 +138,16 @@ class Evaluation:
                                                            tf.cast(hw[1], tf.float32), cfg,
                                                            tf.minimum),
                   max_size=max(cfg.max_size, 1) if cfg.max_size else 1 << 16,
-                  pad_value=self.detector.pad_value)
+                  pad_value=self.pad_value)
     if images.builder is not None:
       return pipeline.eval_dataset(images.builder, images.split, max_boxes=1, **common)
     return pipeline.files_eval_dataset(images.files, images.keys, **common)
 
-  def predictions(self, variables, images: evaluators_lib.ImageSet,
-                  preemption=None) -> Optional[dict]:
+  def local(self, variables, images: evaluators_lib.ImageSet, preemption=None,
+            reduce: Optional[Callable[[str, dict], dict]] = None) -> Optional[dict]:
     """{key: dict(boxes, scores[, landmarks], image_hw)} for this host's share of `images`,
-    original pixels; None when a preemption notice stopped it (`preemption`:
+    original pixels (each through `reduce(key, detections)` when given: what a host keeps
+    of an image); None when a preemption notice stopped it (`preemption`:
     checkpointing.Preemption or None).
 
     With several hosts, the batches are taken in lockstep: every host runs the same number of
@@ -181,7 +179,7 @@ class Evaluation:
       if not stop and not flags[:, 1].any():
         break
       if stop:
-        self.log(f"  eval: stopped by a preemption notice after {len(dets)} images")
+        self.log(f"  {self.name}: stopped by a preemption notice after {len(dets)} images")
         return None
       if item is None:
         continue
@@ -190,12 +188,40 @@ class Evaluation:
       for j in np.flatnonzero(batch["valid"]):
         d = inference.to_original(out, j, float(batch["scale"][j]))
         d["image_hw"] = np.asarray(batch["orig_hw"][j], np.int32)
-        dets[batch["filename"][j].decode()] = d
+        key = batch["filename"][j].decode()
+        dets[key] = reduce(key, d) if reduce is not None else d
       i += 1
       if i % 25 == 0:
-        self.log(f"  eval: {len(dets)} images ({len(dets) / (time.time() - t0):.1f} img/s, "
+        self.log(f"  {self.name}: {len(dets)} images ({len(dets) / (time.time() - t0):.1f} img/s, "
                  f"{len(shapes)} size buckets)")
     return dets
+
+  def gathered(self, variables, images: evaluators_lib.ImageSet, preemption=None,
+               reduce: Optional[Callable[[str, dict], dict]] = None) -> Optional[dict]:
+    """`local` on every host, merged on every host (a collective: every host calls it)."""
+    dets = self.local(variables, images, preemption, reduce)
+    return None if dets is None else _allgather(dets)
+
+
+class Evaluation:
+  """Evaluates variables of `detector` with the configured evaluators (construct once, run
+  often); `builder` / `split` are the run's dataset and eval split."""
+
+  def __init__(self, detector: Detector, builder, split: str,
+               inf_cfg: inference.InferenceConfig, loop_cfg: EvalLoopConfig,
+               log: Callable[[str], None] = print):
+    self.detector, self.log = detector, log
+    self.inf_cfg, self.loop_cfg = inf_cfg, loop_cfg
+    self.evaluators = evaluators_lib.make_evaluators(loop_cfg.evaluators, builder, split,
+                                                     loop_cfg.max_images)
+    if not self.evaluators:
+      raise settings.ConfigError("config.eval.evaluators: no evaluator configured")
+    self.passes = PredictionPass(inference.make_predict_fn(detector, inf_cfg), inf_cfg,
+                                 loop_cfg.batch_size, detector.pad_value, log)
+
+  def describe(self) -> str:
+    """e.g. "wider (validation)"."""
+    return ", ".join(f"{e.name} ({e.images().describe()})" for e in self.evaluators)
 
   def run(self, variables, out_dir, *, method_name: str = "tinyfaces_jax",
           preemption=None) -> Optional[dict]:
@@ -208,10 +234,10 @@ class Evaluation:
     for ev in self.evaluators:
       images = ev.images()
       if images.identity not in passes:
-        dets = self.predictions(variables, images, preemption)
+        dets = self.passes.gathered(variables, images, preemption)
         if dets is None:
           return None
-        passes[images.identity] = _allgather(dets)
+        passes[images.identity] = dets
     summary = {"num_images": int(sum(len(d) for d in passes.values())),
                "predict_seconds": round(time.time() - t0, 2)}
     if jax.process_index() != 0:

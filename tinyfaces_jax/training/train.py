@@ -9,8 +9,9 @@ Reads the ml_collections config once (`RunSpec.from_config`), then, on every hos
   3. the dataset, prepared by host 0 while the others wait (`prepare_data`, also `main
      --mode=prepare`);
   4. a ("data",) mesh over all devices of all hosts in topology order; the detector and its
-     optax chain; the TrainState initialised replicated, from imported weights, or restored
-     from the checkpoints (a resume on another topology is named); this host's tf.data stream
+     optax chain; the TrainState initialised replicated, from imported weights (or another
+     run's workdir), or restored from the checkpoints (a resume on another topology is
+     named); the family's `prepare_training` (MTCNN's hard-sample mining); this host's tf.data stream
      from the restored step (the same batches an uninterrupted run would see), moved to the
      devices by a background thread;
   5. the jitted sharded step (matching + OHEM inside, optional bf16 and gradient
@@ -74,7 +75,12 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InitConfig:
-  """The `init` section: weights a fresh run starts from (a resumed run ignores them)."""
+  """The `init` section: weights a fresh run starts from (a resumed run ignores them).
+
+  backbone: an ImageNet trunk checkpoint (the family's importer); checkpoint: a whole-model
+  public checkpoint, or a training workdir (its latest checkpoint) or one of its
+  checkpoints/<step> folders (the model variables, no optimizer state); require: a missing
+  file is an error (False: a warning and random initialisation)."""
   backbone: str = ""
   checkpoint: str = ""
   require: bool = True
@@ -136,7 +142,11 @@ def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
         _log(f"WARNING: init.{k} {p} not found; training from random initialisation")
         files[k] = ""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    variables, what = detector_base.load_initial_weights(spec.detector, variables, **files)
+    if files["checkpoint"] and checkpointing.workdir_of(files["checkpoint"]) is not None:
+      variables, what = checkpointing.model_variables(spec.detector, files["checkpoint"],
+                                                      "config.init.checkpoint")
+    else:
+      variables, what = detector_base.load_initial_weights(spec.detector, variables, **files)
     variables = jax.device_put(variables, sharding.replicated(mesh))
     state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     _log(f"initial weights: {what}")
@@ -144,6 +154,29 @@ def initial_state(spec: RunSpec, mesh, manager, step: Optional[int] = None):
   if start:
     _log(f"resumed from {manager.directory} at step {start}")
   return state, start, meta
+
+
+def prepare_training(spec: RunSpec, builder, state, workdir) -> dict:
+  """The recipe options of the run's training batches: config.data.recipe_options, through
+  the family's `prepare_training` when it has one (work on its starting weights, e.g. MTCNN's
+  hard-sample mining, run on every host)."""
+  options = dict(settings.as_dict(spec.data.recipe_options))
+  det = spec.detector
+  if det.prepare_training is None:
+    return options
+  from tinyfaces_jax.evaluation import evaluators
+
+  def predict_split(predict, variables, reduce):
+    images = evaluators.ImageSet(builder=builder, split=spec.data.train_split)
+    return eval_loop.PredictionPass(predict, spec.inference, spec.eval_loop.batch_size,
+                                    det.pad_value, _log, name="prepare").gathered(
+                                        variables, images, reduce=reduce)
+
+  ctx = detector_base.TrainingContext(
+      builder=builder, split=spec.data.train_split, options=options, workdir=workdir,
+      predict_split=predict_split, host0_first=hosts.host0_first,
+      any_host=lambda flag: bool(hosts.gather_flags([flag]).any()), log=_log)
+  return det.prepare_training({"params": state.params, "batch_stats": state.batch_stats}, ctx)
 
 
 def checkpoint_dir(spec: RunSpec, workdir) -> "paths.epath.Path":
@@ -317,11 +350,12 @@ def train_and_evaluate(config, workdir, *,
           f"step {manager.latest_step()} in {manager.directory})")
     return means
 
+  options = prepare_training(spec, builder, state, workdir)
   ds = detectors.make_train_dataset(
       spec.data.recipe, builder, spec.data.train_split, batch_size=local_batch,
       size=spec.data.image_size, max_boxes=spec.data.max_boxes, seed=spec.seed,
       start_step=start, shuffle_buffer=spec.data.shuffle_buffer, threads=spec.data.threads,
-      ram_budget_gb=spec.data.ram_budget_gb, options=spec.data.recipe_options)
+      ram_budget_gb=spec.data.ram_budget_gb, options=options)
   batches = sharding.DevicePrefetcher(
       pipeline.log_dropped_faces(ds.as_numpy_iterator(), every=max(tc.log_every, 1) * 10),
       mesh, size=tc.prefetch)
