@@ -149,6 +149,13 @@ def add_fddb(c: ml_collections.ConfigDict, root: str) -> ml_collections.ConfigDi
   return c
 
 
+def add_landmark_evaluator(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the 5-point landmark evaluator (NME, failure rate) on the eval split: the embedded
+  dataset's teacher landmarks, or a release whose val label.txt has points."""
+  c.eval.evaluators.landmarks = ml_collections.ConfigDict({"type": "landmarks"})
+  return c
+
+
 def shrink_for_tests(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `test` variant: a tiny embedded set, tiny crops, a few steps (CPU seconds)."""
   c.data.source = "embedded"

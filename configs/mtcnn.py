@@ -95,6 +95,7 @@ def get_config(arg=None):
   c.eval.batch_size = 4
   c.eval.max_output = 750
   c.init.checkpoint = a.weights
+  common.add_landmark_evaluator(c)        # O-Net's points (the embedded set's teacher labels)
   if a.embedded:
     c.train.log_every = 50
     c.data.shuffle_buffer = 4096

@@ -78,6 +78,7 @@ def get_config(arg=None):
     # The backbone file is looked up beside the repository; without it the run still goes,
     # from random initialisation, and says so.
     c.init.require = False
+    common.add_landmark_evaluator(c)      # the embedded set's teacher landmarks
   if a.test:
     common.shrink_for_tests(c)
   common.add_fddb(c, a.fddb)

@@ -2,7 +2,8 @@
 
 `prepare_builder(cfg)` returns a prepared `WiderFace` TFDS builder:
   * source "embedded": builds the embedded WIDER-format release and prepares it, once per
-    set of embedded parameters, under `<data_dir>/tinyfaces_embedded/<train>x<val>_<px>/`;
+    set of embedded parameters, under `<data_dir>/tinyfaces_embedded/v<generator version>_
+    <train>x<val>_<px>/` (its release folder carries the teacher landmarks' label.txt files);
   * source "wider": prepares the official release files in `manual_dir` into `data_dir`
     (once; later runs reuse the prepared dataset).
 (The WIDER evaluator reads a split's faces itself: evaluation/evaluators.split_ground_truth.)
@@ -65,8 +66,8 @@ def prepare_builder(cfg: DataConfig, log=print):
   if cfg.source == "embedded":
     lo, hi = cfg.embedded_image_size
     root = data_dir / "tinyfaces_embedded" / (
-        f"{cfg.embedded_train}x{cfg.embedded_val}_{lo}-{hi}px")
-    builder = WiderFace(data_dir=str(root / "tfds"), eval_dir=False, label_path=False,
+        f"v{embedded.GENERATOR_VERSION}_{cfg.embedded_train}x{cfg.embedded_val}_{lo}-{hi}px")
+    builder = WiderFace(data_dir=str(root / "tfds"), eval_dir=False,
                         splits=("train", "validation"))
     if not builder.is_prepared():
       t0 = time.time()

@@ -79,6 +79,19 @@ def prepare_face(crop: package_images.FaceCrop, rng: np.random.Generator, *,
   return pixels
 
 
+def paste_geometry(patch_hw, patch_box, target_box) -> tuple:
+  """Where `paste` puts a patch of size `patch_hw` (h, w) so `patch_box` lands on
+  `target_box`: (ox, oy, new_w, new_h), the resized patch's origin in the canvas and size. A
+  patch point (x, y) (continuous pixel coordinates) lands on (ox + x new_w / w, oy + y new_h
+  / h)."""
+  tx1, ty1, tx2, ty2 = (int(v) for v in target_box)
+  px1, py1, px2, py2 = patch_box
+  sx, sy = (tx2 - tx1) / (px2 - px1), (ty2 - ty1) / (py2 - py1)
+  new_w = max(1, int(round(patch_hw[1] * sx)))
+  new_h = max(1, int(round(patch_hw[0] * sy)))
+  return tx1 - int(round(px1 * sx)), ty1 - int(round(py1 * sy)), new_w, new_h
+
+
 def paste(canvas: np.ndarray, patch: np.ndarray, patch_box, target_box, rng: np.random.Generator,
           *, ellipse_scale=(1.05, 1.05), feather: float = 0.3,
           match=(0.15, 0.5)) -> None:
@@ -96,11 +109,7 @@ def paste(canvas: np.ndarray, patch: np.ndarray, patch_box, target_box, rng: np.
   height, width = canvas.shape[:2]
   tx1, ty1, tx2, ty2 = (int(v) for v in target_box)
   tw, th = tx2 - tx1, ty2 - ty1
-  px1, py1, px2, py2 = patch_box
-  sx, sy = tw / (px2 - px1), th / (py2 - py1)
-  new_w = max(1, int(round(patch.shape[1] * sx)))
-  new_h = max(1, int(round(patch.shape[0] * sy)))
-  ox, oy = tx1 - int(round(px1 * sx)), ty1 - int(round(py1 * sy))  # patch origin in canvas
+  ox, oy, new_w, new_h = paste_geometry(patch.shape[:2], patch_box, target_box)
   resized = resize(patch, new_w, new_h)
   # Blur matched to scale: big faces get up to ~0.8 px, tiny ones (already soft) up to ~0.3.
   resized = gaussian_blur(resized, float(rng.uniform(0.0, 0.3 + 0.5 * min(1.0, th / 64.0))))

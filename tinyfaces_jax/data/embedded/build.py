@@ -5,6 +5,7 @@ FACE release layout, so the reader of real WIDER serves it unchanged:
 
   <root>/WIDER_train/images/<event>/<name>.jpg      <root>/WIDER_val/images/<event>/<name>.jpg
   <root>/wider_face_split/wider_face_train_bbx_gt.txt   (and wider_face_val_bbx_gt.txt)
+  <root>/retinaface_gt_v1.1/{train,val}/label.txt      (5-point landmarks, RetinaFace layout)
   <root>/embedded_manifest.json, <root>/README.md      (how it was made, counts, histogram)
 
 How it is made (per image, from its own RNG seeded by (seed, split, index), so image i is the
@@ -25,7 +26,14 @@ same whatever the counts):
      background, blur and noise matched to the scale). Unlabelled distractors (LFW non-face
      patches, photo patches) get the same blending, so a blended edge is not a face cue.
   5. Whole-image sensor noise, sometimes a slight blur, JPEG quality 75-95.
-
+  6. Landmarks: each pasted face carries its crop's 5 teacher points (teacher.py: two
+     pretrained detectors, RetinaFace-MobileNet0.25 and MTCNN, agreeing on the upscaled crop;
+     shipped as teacher_landmarks.json), mirrored with the crop when it is flipped and mapped
+     through the paste geometry (`blending.paste_geometry`). They are absent (-1, as the
+     RetinaFace label.txt writes it) where the teachers were unsure (6 of the 103 crops: a
+     profile face, 5 LFW faces), on occluded faces and on the real faces the background
+     photos keep. These are teacher labels, not human annotation (their two sources differ by
+     a median 0.07 of the inter-ocular distance).
 Sources and licences: scikit-image data (BSD-3 code; astronaut/rocket/hubble NASA public domain,
 coffee/chelsea/textures CC0, LFW research release, others per skimage/data/README.txt) and,
 when installed, matplotlib's grace_hopper.jpg (US Navy, public domain). See `package_images`.
@@ -53,10 +61,11 @@ import numpy as np
 from PIL import Image
 
 from tinyfaces_jax import paths
-from tinyfaces_jax.data.embedded import blending, package_images
+from tinyfaces_jax.data.embedded import blending, package_images, teacher
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2      # 2: teacher landmarks (retinaface_gt_v1.1/<split>/label.txt)
 MANIFEST = "embedded_manifest.json"
+LABELS_DIR = "retinaface_gt_v1.1"
 SPLITS = (("train", "WIDER_train", 0), ("val", "WIDER_val", 1))
 EVENTS = ("0--Crowd", "1--Group", "2--Few_People", "3--No_Face", "4--Real_Photo")
 REPORT_EDGES = (0, 8, 12, 16, 24, 32, 48, 64, 96, 128, 150, 192, 256, 384, 100000)
@@ -166,6 +175,26 @@ def mark_occlusion(faces) -> None:
         break
 
 
+# A horizontal flip swaps the eyes and the mouth corners (image-left first).
+FLIP_POINTS = (1, 0, 2, 4, 3)
+
+
+def pasted_landmarks(crop: package_images.FaceCrop, patch_hw, patch_box, target_box,
+                     flip: bool):
+  """The crop's teacher points (teacher.crop_landmarks) where `blending.paste` puts them:
+  [5, 2] float canvas pixels, or None when the crop has none."""
+  points, present = teacher.crop_landmarks().get(crop.name, (None, False))
+  if not present:
+    return None
+  points = np.asarray(points, np.float64).copy()
+  h, w = patch_hw
+  if flip:
+    points = points[list(FLIP_POINTS)]
+    points[:, 0] = w - points[:, 0]
+  ox, oy, new_w, new_h = blending.paste_geometry(patch_hw, patch_box, target_box)
+  return np.stack([ox + points[:, 0] * new_w / w, oy + points[:, 1] * new_h / h], 1)
+
+
 def _event(num_faces: int, has_real: bool) -> str:
   if has_real:
     return EVENTS[4]
@@ -177,7 +206,8 @@ def _event(num_faces: int, has_real: bool) -> str:
 def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
   """Renders one image -> (uint8 [H, W, 3] array, JPEG quality, faces, event).
 
-  `faces` is a list of dicts with integer `box` (x1, y1, w, h) and WIDER attributes.
+  `faces` is a list of dicts with integer `box` (x1, y1, w, h), WIDER attributes and
+  `landmarks` ([5, 2] canvas pixels, or None).
   """
   rng = np.random.default_rng([int(seed), int(split_code), int(index)])
   width, height = sample_image_size(rng, image_size)
@@ -207,26 +237,30 @@ def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
     is_real = not crop.name.startswith("lfw:")
     patch = blending.prepare_face(crop, rng, gray_scene=gray_scene)
     patch_box = crop.box
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5
+    if flip:
       patch = patch[:, ::-1]
       patch_box = (patch.shape[1] - crop.box[2], crop.box[1],
                    patch.shape[1] - crop.box[0], crop.box[3])
+    points = pasted_landmarks(crop, patch.shape[:2], patch_box, (x1, y1, x2, y2), flip)
     scale = 1.2 if is_real else 1.06
     blending.paste(canvas, patch, patch_box, (x1, y1, x2, y2), rng, ellipse_scale=(scale, scale),
                    feather=0.3 if is_real else float(rng.uniform(0.2, 0.35)))
     upscale = 0.0 if is_real else h / 25.0
     blur = 2 if h < 16 or upscale > 4 else 1 if h < 40 or upscale > 2 else 0
     pose = 1 if crop.name.startswith("skimage:camera") else 0
-    faces.append({"xyxy": (x1, y1, x2, y2), "blur": blur, "pose": pose, "real": False})
+    faces.append({"xyxy": (x1, y1, x2, y2), "blur": blur, "pose": pose, "real": False,
+                  "landmarks": points})
   blending.add_distractors(rng, canvas, [f["xyxy"] for f in faces], gray_scene)
   mark_occlusion(faces)
   image, quality = blending.finish(rng, canvas, gray_scene)
   out = []
   for f in faces:
     x1, y1, x2, y2 = f["xyxy"]
+    points = f.get("landmarks") if not f.get("occlusion", 0) else None
     out.append({"box": (x1, y1, x2 - x1, y2 - y1), "blur": f["blur"], "expression": 0,
                 "illumination": 0, "invalid": 0, "occlusion": f.get("occlusion", 0),
-                "pose": f["pose"]})
+                "pose": f["pose"], "landmarks": points})
   return image, quality, out, _event(len(out), any(f.get("real") for f in faces))
 
 
@@ -255,6 +289,23 @@ def format_annotations(entries) -> str:
   return "\n".join(lines) + "\n"
 
 
+def format_landmarks(entries) -> str:
+  """RetinaFace label.txt text for [(name, faces)]: `# name`, then per face `x y w h` and the
+  five `lx ly 0.0` triples and a confidence 1.0, or -1 for all 16 where there are none."""
+  lines = []
+  for name, faces in entries:
+    lines.append(f"# {name}")
+    for f in faces:
+      x, y, w, h = f["box"]
+      pts = f.get("landmarks")
+      if pts is None:
+        tail = " ".join(["-1.0"] * 16)
+      else:
+        tail = " ".join(f"{px:.3f} {py:.3f} 0.0" for px, py in pts) + " 1.0"
+      lines.append(f"{x} {y} {w} {h} {tail}")
+  return "\n".join(lines) + "\n"
+
+
 def _histogram(heights) -> dict:
   counts, _ = np.histogram(np.asarray(heights, np.float64), REPORT_EDGES)
   total = max(1, int(counts.sum()))
@@ -262,10 +313,17 @@ def _histogram(heights) -> dict:
           "fractions": [round(int(c) / total, 4) for c in counts]}
 
 
+def _file_digest(path) -> str:
+  import hashlib
+  with open(path, "rb") as f:
+    return f"{pathlib.Path(path).name}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+
+
 def _params(num_train, num_val, seed, image_size) -> dict:
   return {"generator_version": GENERATOR_VERSION, "num_train": int(num_train),
           "num_val": int(num_val), "seed": int(seed), "image_size": [int(v) for v in image_size],
           "sources": list(package_images.available_backgrounds()) + ["skimage:lfw_subset.npy"],
+          "landmarks": _file_digest(teacher.LANDMARKS_FILE),
           "package_versions": package_images.package_versions()}
 
 
@@ -325,9 +383,13 @@ def build_embedded_wider(root, *, num_train: int = 600, num_val: int = 150, seed
       per_event[event] = per_event.get(event, 0) + 1
     (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt").write_text(
         format_annotations(entries))
+    (root / LABELS_DIR / split).mkdir(parents=True, exist_ok=True)
+    (root / LABELS_DIR / split / "label.txt").write_text(format_landmarks(entries))
     all_heights += heights
     counts = [len(f) for _, f in entries]
     summary[split] = {"images": count, "faces": len(heights),
+                      "faces_with_landmarks": sum(f.get("landmarks") is not None
+                                                  for _, faces in entries for f in faces),
                       "zero_face_images": int(sum(c == 0 for c in counts)),
                       "max_faces_per_image": int(max(counts, default=0)),
                       "images_per_event": dict(sorted(per_event.items())),
@@ -348,7 +410,8 @@ def _readme(manifest) -> str:
            "sources' licences) with:", "", "```",
            json.dumps(manifest["params"], indent=1, sort_keys=True), "```", ""]
   for split, s in manifest["splits"].items():
-    lines.append(f"- {split}: {s['images']} images, {s['faces']} faces, "
+    lines.append(f"- {split}: {s['images']} images, {s['faces']} faces "
+                 f"({s['faces_with_landmarks']} with teacher landmarks), "
                  f"{s['zero_face_images']} without faces, up to {s['max_faces_per_image']} "
                  f"per image; events {s['images_per_event']}")
   hist = manifest["height_histogram_all"]

@@ -1,6 +1,7 @@
 """TFDS builder for WIDER FACE, read from the official release files a user already has.
 
-    builder = WiderFace(data_dir=DATA_DIR)   # optional: label_path=, eval_dir=, splits=
+    builder = WiderFace(data_dir=DATA_DIR)   # optional: label_path=, val_label_path=,
+                                             # eval_dir=, splits=
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=RELEASE_DIR))
     ds = builder.as_dataset(split="validation")   # later: tfds.load("tinyfaces_wider_face", ...)
@@ -21,12 +22,13 @@ Example features:
     invalid         bool, the file's flag (ignored by the evaluation, kept for training)
     trainable       bool, w > 0 and h > 0 (see annotations.py for the rule's sources)
     landmarks       [5, 2] float32 pixel (x, y): eyes, nose, mouth corners (RetinaFace order);
-                    -1 when absent. From the train `label.txt`, when one is used.
+                    -1 when absent. From the split's `label.txt` (train, val), when one is used.
     landmarks_present  bool
     easy medium hard   bool: the face is in that setting's `gt_list` (validation, when the
                     eval_tools .mat files are used). False elsewhere.
-`info.metadata` records which optional files were used (`landmarks_file`, `eval_settings_dir`,
-empty when none) and how many train faces found no landmark entry (`faces_without_label`).
+`info.metadata` records which optional files were used (`landmarks_file`, `val_landmarks_file`,
+`eval_settings_dir`, empty when none) and how many train / val faces found no landmark entry
+(`faces_without_label`, `val_faces_without_label`).
 
 Every image is decode-checked while generating; a missing or undecodable image raises an error
 naming it (the WIDER protocol evaluates every listed image, so nothing is skipped).
@@ -59,6 +61,11 @@ _SPLIT_FILES = {"train": "wider_face_train_bbx_gt.txt", "validation": "wider_fac
                 "test": "wider_face_test_filelist.txt"}
 _ANNOTATION_PART = "wider_face_split"
 _IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
+_VAL_LABEL_CANDIDATES = ("retinaface_gt_v1.1/val/label.txt", "retinaface_gt/val/label.txt",
+                         "val/label.txt")
+# Per split: the metadata keys of its landmarks file and of its faces that file lacks.
+_LABEL_METADATA = {"train": ("landmarks_file", "faces_without_label"),
+                   "validation": ("val_landmarks_file", "val_faces_without_label")}
 _LABEL_CANDIDATES = ("retinaface_gt_v1.1/train/label.txt", "retinaface_gt/train/label.txt",
                      "train/label.txt", "WIDER_train/label.txt", "label.txt")
 _EVAL_CANDIDATES = ("", "ground_truth", "eval_tools/ground_truth", "wider_eval/ground_truth")
@@ -212,9 +219,12 @@ as the zip or extracted (the folder inside the zip, e.g. `WIDER_train/images/<ev
   WIDER_test.zip         (or WIDER_test/images/...)    needed for the test split
   wider_face_split.zip   (or wider_face_split/wider_face_{train,val}_bbx_gt.txt and
                           wider_face_split/wider_face_test_filelist.txt)
-Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False disables):
+Optional, extracted (or pass `label_path=` / `val_label_path=` / `eval_dir=` to the builder;
+False disables):
   retinaface_gt_v1.1/train/label.txt (or train/label.txt, label.txt): RetinaFace 5-point
       landmarks for the train faces (retinaface_gt_v1.1.zip of deepinsight/insightface).
+  retinaface_gt_v1.1/val/label.txt (or val/label.txt): the same layout for the val faces
+      (the official file has boxes only: no landmarks; the embedded dataset's has them).
   wider_{easy,medium,hard}_val.mat (in manual_dir, ground_truth/ or eval_tools/ground_truth/):
       the official eval_tools ground truth, giving each val face's easy/medium/hard membership.
 """
@@ -228,8 +238,10 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
 
   def __init__(self, *, label_path: Union[PathLike, bool, None] = None,
                eval_dir: Union[PathLike, bool, None] = None,
-               splits: Optional[tuple[str, ...]] = None, **kwargs):
-    """`label_path`/`eval_dir`: a path, None (look in manual_dir) or False (do not use).
+               splits: Optional[tuple[str, ...]] = None,
+               val_label_path: Union[PathLike, bool, None] = None, **kwargs):
+    """`label_path` (train landmarks) / `val_label_path` (val) / `eval_dir`: a path, None
+    (look in manual_dir) or False (do not use).
 
     `splits`: the splits to build, each required; None builds every split whose images and
     annotation file are in manual_dir (at least one; e.g. a release without WIDER_test).
@@ -238,6 +250,7 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
     if unknown:
       raise ValueError(f"unknown splits {sorted(unknown)}; known: {sorted(_SPLIT_PARTS)}")
     self._label_path, self._eval_dir = label_path, eval_dir
+    self._val_label_path = val_label_path
     self._splits = tuple(splits) if splits else None
     _hide_gpus_from_tf()
     super().__init__(**kwargs)
@@ -286,16 +299,20 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
     if missing:
       raise FileNotFoundError(f"WIDER FACE files missing from manual_dir {manual_dir}: "
                               f"{', '.join(missing)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    label_path = _find_optional(manual_dir, self._label_path, _LABEL_CANDIDATES, "")
-    if label_path is not None and paths.resolve(label_path).is_dir():
-      label_path = os.fspath(paths.resolve(label_path) / "label.txt")
+    labels = {}
+    for split, given, candidates in (("train", self._label_path, _LABEL_CANDIDATES),
+                                     ("validation", self._val_label_path,
+                                      _VAL_LABEL_CANDIDATES)):
+      path = _find_optional(manual_dir, given, candidates, "")
+      if path is not None and paths.resolve(path).is_dir():
+        path = os.fspath(paths.resolve(path) / "label.txt")
+      labels[split] = path
+      self.info.metadata[_LABEL_METADATA[split][0]] = path or ""
+      self.info.metadata[_LABEL_METADATA[split][1]] = 0
     eval_dir = _find_optional(manual_dir, self._eval_dir, _EVAL_CANDIDATES, "wider_hard_val.mat")
-    self.info.metadata["landmarks_file"] = label_path or ""
     self.info.metadata["eval_settings_dir"] = eval_dir or ""
-    self.info.metadata["faces_without_label"] = 0
     return {split: self._generate_examples(
-        manual_dir=os.fspath(manual_dir), split=split,
-        label_path=label_path if split == "train" else None,
+        manual_dir=os.fspath(manual_dir), split=split, label_path=labels.get(split),
         eval_dir=eval_dir if split == "validation" else None) for split in available}
 
   def _generate_examples(self, manual_dir: str, split: str, label_path: Optional[str],
@@ -331,10 +348,10 @@ Optional, extracted (or pass `label_path=` / `eval_dir=` to the builder; False d
         yield ann.name, {"image": data, "image/filename": ann.name, "image/event": ann.event,
                          "faces": faces}
     if label_path:
-      self.info.metadata["faces_without_label"] = unmatched
+      self.info.metadata[_LABEL_METADATA[split][1]] = unmatched
       if unmatched:
-        _LOG.warning("WIDER FACE: %d train faces have no matching face in %s (landmarks "
-                        "marked absent)", unmatched, label_path)
+        _LOG.warning("WIDER FACE: %d %s faces have no matching face in %s (landmarks "
+                     "marked absent)", unmatched, split, label_path)
 
 
 def _with_source(parse, lines: list[str], source: str):

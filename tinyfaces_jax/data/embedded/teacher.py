@@ -1,0 +1,149 @@
+"""Teacher landmarks for the embedded dataset's face crops (5 points: eyes, nose, mouth
+corners, image-left first), made once by two pretrained detectors and shipped as
+`teacher_landmarks.json` beside this file, so that building the dataset needs no weights.
+
+Each pasteable crop (`package_images.face_crops()`: the 100 LFW faces and the real photos'
+faces) is upscaled so its face box is `FACE_SIDE` = 150 px high (PIL bicubic), centred on a
+256 px canvas (or larger) filled with its mean colour, and run through
+  * RetinaFace-MobileNet0.25 (Pytorch_Retinaface's weights, e.g. `mobilenet0.25_Final.m2man.pth`;
+    single scale, score > 0.02, NMS 0.4) and
+  * MTCNN (facenet-pytorch's P/R/O-Nets, its cascade with min face 20).
+From each teacher the detection overlapping the crop's face box most is taken; the label is
+the mean of the two teachers' points, mapped back to crop pixels. It is `present` only when
+both teachers are sure: each score >= `MIN_SCORE` (0.9), each box IoU >= `MIN_IOU` (0.5) with
+the face box, and the two point sets within `MAX_DISAGREEMENT` (0.15) of each other in
+inter-ocular normalised mean error. These are teacher labels, not human annotation: their
+error is about that disagreement (median 0.07 of the inter-ocular distance on the LFW crops).
+
+  python -m tinyfaces_jax.data.embedded.teacher \
+      --retinaface=../shared/weights/retinaface/mobilenet0.25_Final.m2man.pth \
+      --mtcnn=../shared/weights/mtcnn [--out=PATH]
+rewrites the file (tests/data/test_embedded_landmarks.py checks a rerun agrees with it).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from tinyfaces_jax.data.embedded import package_images
+
+LANDMARKS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "teacher_landmarks.json")
+FACE_SIDE = 150
+CANVAS = 256
+MIN_SCORE = 0.9
+MIN_IOU = 0.5
+MAX_DISAGREEMENT = 0.15
+
+
+def teacher_input(crop: package_images.FaceCrop) -> tuple:
+  """A crop -> (uint8-valued float32 image [S, S, 3], (ox, oy, scale)): crop pixel (x, y) sits
+  at (ox + x scale, oy + y scale) in the image."""
+  x1, y1, x2, y2 = crop.box
+  scale = FACE_SIDE / (y2 - y1)
+  h, w = crop.pixels.shape[:2]
+  nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+  big = Image.fromarray(np.clip(crop.pixels, 0, 255).astype(np.uint8), "RGB").resize(
+      (nw, nh), Image.Resampling.BICUBIC)
+  side = max(CANVAS, 32 * math.ceil((max(nw, nh) + 32) / 32))
+  out = np.empty((side, side, 3), np.float32)
+  out[:] = np.asarray(big, np.float32).mean((0, 1))
+  ox, oy = (side - nw) // 2, (side - nh) // 2
+  out[oy:oy + nh, ox:ox + nw] = np.asarray(big, np.float32)
+  return out, (ox, oy, nw / w)
+
+
+def _iou(a, b) -> float:
+  lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+  inter = float(np.prod(np.clip(rb - lt, 0, None)))
+  area = lambda z: float(np.prod(np.clip(z[2:] - z[:2], 0, None)))
+  return inter / max(area(a) + area(b) - inter, 1e-9)
+
+
+def run_teacher(family: str, weights: str, crops) -> list:
+  """One teacher on every crop -> [(score, box [4] and points [5, 2] in crop pixels, IoU
+  with the face box)] (score 0 and NaNs where it finds nothing)."""
+  import jax
+  import jax.numpy as jnp
+  from tinyfaces_jax import detectors, inference
+  from tinyfaces_jax.training import checkpointing
+  det = detectors.build_detector(family)
+  variables, _ = checkpointing.model_variables(det, weights)
+  predict = inference.make_predict_fn(det, inference.InferenceConfig(max_output=20))
+  out = []
+  for crop in crops:
+    image, (ox, oy, s) = teacher_input(crop)
+    r = jax.device_get(predict(variables, jnp.asarray(image[None]),
+                               jnp.asarray([image.shape[:2]], jnp.int32)))
+    boxes = (r["boxes"][0] - [ox, oy, ox, oy]) / s
+    ious = np.asarray([_iou(b, np.asarray(crop.box)) for b in boxes]) * r["valid"][0]
+    if not ious.size or ious.max() <= 0:
+      out.append((0.0, np.full(4, np.nan), np.full((5, 2), np.nan), 0.0))
+      continue
+    k = int(np.argmax(ious))
+    out.append((float(r["scores"][0][k]), boxes[k], (r["landmarks"][0][k] - [ox, oy]) / s,
+                float(ious[k])))
+  return out
+
+
+def label_crops(crops, retinaface: str, mtcnn: str) -> dict:
+  """{crop name: {points [[x, y] x 5] in crop pixels, present, retinaface_score, mtcnn_score,
+  disagreement}} (module docstring)."""
+  a, b = run_teacher("retinaface", retinaface, crops), run_teacher("mtcnn", mtcnn, crops)
+  out = {}
+  for crop, (sa, _, pa, ia), (sb, _, pb, ib) in zip(crops, a, b):
+    points = (pa + pb) / 2
+    ocular = float(np.linalg.norm(points[0] - points[1]))
+    gap = float(np.linalg.norm(pa - pb, axis=1).mean() / ocular) if ocular > 0 else math.inf
+    present = bool(min(sa, sb) >= MIN_SCORE and min(ia, ib) >= MIN_IOU
+                   and gap <= MAX_DISAGREEMENT)
+    out[crop.name] = {"points": [[round(float(x), 3), round(float(y), 3)] for x, y in points]
+                      if np.isfinite(points).all() else None,
+                      "present": present, "retinaface_score": round(sa, 4),
+                      "mtcnn_score": round(sb, 4),
+                      "disagreement": round(gap, 4) if math.isfinite(gap) else None}
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def crop_landmarks(path: str = LANDMARKS_FILE) -> dict:
+  """{crop name: (points [5, 2] float32 in crop pixels, present)} from the shipped file; a
+  crop it does not list has no landmarks (present False)."""
+  with open(path) as f:
+    crops = json.load(f)["crops"]
+  return {name: (np.asarray(v["points"], np.float32) if v["points"] else
+                 np.full((5, 2), -1.0, np.float32), bool(v["present"]))
+          for name, v in crops.items()}
+
+
+def main(argv=None) -> None:
+  import argparse
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--retinaface", required=True, help="Pytorch_Retinaface mnet0.25 .pth")
+  parser.add_argument("--mtcnn", required=True, help="MTCNN weights folder (.pt / .lz4)")
+  parser.add_argument("--out", default=LANDMARKS_FILE)
+  args = parser.parse_args(argv)
+  crops = package_images.face_crops()
+  labels = label_crops(crops, args.retinaface, args.mtcnn)
+  doc = {"teachers": {"retinaface": os.path.basename(args.retinaface),
+                      "mtcnn": os.path.basename(os.path.normpath(args.mtcnn)),
+                      "face_side_px": FACE_SIDE, "min_score": MIN_SCORE, "min_iou": MIN_IOU,
+                      "max_disagreement": MAX_DISAGREEMENT},
+         "crops": labels}
+  with open(args.out, "w") as f:
+    json.dump(doc, f, indent=1)
+    f.write("\n")
+  n = sum(v["present"] for v in labels.values())
+  gaps = [v["disagreement"] for v in labels.values() if v["disagreement"] is not None]
+  print(f"{args.out}: {n} of {len(labels)} crops with landmarks; teacher disagreement median "
+        f"{np.median(gaps):.3f}, max {np.max(gaps):.3f} (inter-ocular NME)")
+
+
+if __name__ == "__main__":
+  main()
