@@ -32,7 +32,8 @@ def test_estimate_matches_skimage_umeyama():
     t = SimilarityTransform()
     assert t.estimate(src[i].astype(np.float64), dst.astype(np.float64))
     np.testing.assert_allclose(got[i], t.params[:2], rtol=1e-4, atol=2e-3)
-  np.testing.assert_allclose(similarity.estimate_similarity(src[0], dst), got[0], atol=1e-5)
+  np.testing.assert_allclose(similarity.estimate_similarity(src[0], dst), got[0], rtol=1e-5,
+                             atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [112, 224, 128])
@@ -65,3 +66,24 @@ def test_norm_crop_matches_scipy_bilinear_warp():
   # The template points land on the template.
   pts = np.einsum("bij,bpj->bpi", m[:, :, :2], lm) + m[:, None, :, 2]
   np.testing.assert_allclose(pts.mean(0), similarity.arcface_template(112), atol=4.0)
+
+
+def test_sphereface_template_and_rectangular_crops():
+  """The 96 x 112 template is the ArcFace one 8 px to the left; its crops are 112 high and 96
+  wide, the scipy warp of the same matrix."""
+  dst, hw = similarity.template("sphereface", 112)
+  np.testing.assert_allclose(dst, similarity.ARCFACE_112 - [8.0, 0.0], atol=1e-4)
+  assert hw == (112, 96) and similarity.template("sphereface", 224)[1] == (224, 192)
+  rng = np.random.default_rng(2)
+  image = rng.uniform(0, 255, (1, 150, 160, 1)).astype(np.float32)
+  lm = random_faces(rng, 1) * 0.5 + 10.0
+  crop = np.asarray(similarity.norm_crop(image, lm, 112, "sphereface"))
+  m = np.asarray(similarity.estimate_similarity(lm, dst))[0]
+  inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]).astype(np.float64))
+  want = ndimage.affine_transform(image[0, ..., 0].astype(np.float64), inv[:2, :2][::-1, ::-1],
+                                  inv[:2, 2][::-1], output_shape=(112, 96), order=1,
+                                  mode="grid-constant", cval=0.0)
+  assert crop.shape == (1, 112, 96, 1)
+  np.testing.assert_allclose(crop[0, ..., 0], want, atol=2e-2)
+  with pytest.raises(ValueError, match="alignment template 'vgg'"):
+    similarity.template("vgg")

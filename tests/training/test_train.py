@@ -9,6 +9,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import test as test_config
 from tinyfaces_jax import detectors, settings
@@ -55,6 +56,13 @@ def test_train_and_evaluate_end_to_end(uninterrupted, data_dir):
   cfg = json.loads((workdir / "config.json").read_text())
   assert cfg["train"]["num_steps"] == 4
   assert any(p.startswith("events.out.tfevents") for p in os.listdir(workdir))
+  # The embedded set's teacher landmarks reach RetinaFace's landmark loss.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(next(workdir.glob("events.out.tfevents*"))))
+  events.Reload()
+  landm = [float(np.asarray(tf.make_ndarray(e.tensor_proto)))
+           for e in events.Tensors("train/loss_landm")]
+  assert len(landm) == 2 and min(landm) > 0
   # Eval-only mode on the same workdir evaluates the latest checkpoint to the same APs.
   again = train.evaluate_only(make_config(data_dir), str(workdir))
   assert again["step"] == 4

