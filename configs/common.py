@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0                # 0: evaluate only at the end
+  c.train.eval_at_start = True          # with eval_every: also evaluate the starting weights
   c.train.bf16 = False                  # the model computes in bfloat16 (params, loss in f32)
   c.train.grad_accum_steps = 1          # micro-batches per optimizer step (same global batch)
   c.train.checkpoint_dir = ""           # "" = <workdir>/checkpoints (a local path or a URL)

@@ -68,8 +68,8 @@ EPOCHS = {"pnet": 30, "rnet": 22, "onet": 22}
 STEPS_PER_EPOCH = 3700
 LR_EPOCHS = (6, 14, 20)
 # CPU-sized runs on the embedded dataset: (steps, lr, decay steps) per stage.
-EMBEDDED = {"pnet": (1500, 0.01, (1000, 1300)), "rnet": (1000, 0.01, (700, 900)),
-            "onet": (1000, 0.01, (700, 900))}
+EMBEDDED = {"pnet": (1500, 0.01, (1000, 1300)), "rnet": (600, 0.01, (400, 520)),
+            "onet": (600, 0.01, (400, 520))}
 # gen_hard_example.py's detector: thresholds [0.3, 0.1, (0.7)], min face 20, factor 0.79.
 MINING = {"thresholds": (0.3, 0.1), "min_face_size": 20.0, "factor": 0.79,
           "max_negatives": 60}
@@ -134,6 +134,7 @@ def _stage_config(c, stage: str, previous: str, *, embedded: bool, test: bool, s
   c.loss.cls_weight, c.loss.box_weight, c.loss.landmark_weight = LOSS_WEIGHTS[stage]
   c.loss.keep_ratio = 0.7
   c.init.checkpoint = previous
+  c.train.eval_at_start = False           # the stage's own net starts random: nothing to see
   if test:
     c.train.num_steps = 4
     c.train.batch_size = 16
@@ -145,8 +146,8 @@ def _stage_config(c, stage: str, previous: str, *, embedded: bool, test: bool, s
   if embedded:
     n, lr, decay = EMBEDDED[stage]
     c.train.num_steps = n
-    c.train.checkpoint_every = 500
-    c.train.eval_every = 500
+    c.train.checkpoint_every = 300 if k else 500
+    c.train.eval_every = 300 if k else 500
     c.optim.learning_rate = lr
     c.optim.decay_steps = decay
   else:

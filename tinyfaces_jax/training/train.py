@@ -50,13 +50,15 @@ SECTIONS = ("detector", "seed", "data", "model", "loss", "optim", "train", "eval
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """The `train` section: global batch, steps, logging/checkpoint/eval cadence, bf16."""
+  """The `train` section: global batch, steps, logging/checkpoint/eval cadence (with
+  `eval_every`, also at step 0 unless `eval_at_start` is False), bf16."""
   batch_size: int = 32
   num_steps: int = 1000
   log_every: int = 50
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   eval_every: int = 0
+  eval_at_start: bool = True
   bf16: bool = False
   grad_accum_steps: int = 1
   checkpoint_dir: str = ""
@@ -366,7 +368,8 @@ def train_and_evaluate(config, workdir, *,
 
   with checkpointing.Preemption(manager) as preemption:
     preemption.reached(start)  # every host's sync counter starts at the same step
-    if start == 0 and tc.eval_every and not evaluate(state, 0, preemption):
+    if (start == 0 and tc.eval_every and tc.eval_at_start
+        and not evaluate(state, 0, preemption)):
       preempted = True
     compiled = None
     if not preempted and step < tc.num_steps:
