@@ -230,7 +230,7 @@ def test_mining_reuses_its_file_until_the_weights_change(tiny_builder, tmp_path)
   and reuses it while the fingerprint (earlier nets, settings, split) matches."""
   c = mtcnn_config.get_config(f"test,stage=rnet,previous={tmp_path}")
   det = detectors.build_detector("mtcnn", c.model, c.loss)
-  variables = det.init_variables((24, 24))
+  variables = jax.jit(lambda: det.init_variables((24, 24)))()
   calls = []
   faces = mining.split_faces(tiny_builder, "train")
   hw = np.asarray([500, 500])

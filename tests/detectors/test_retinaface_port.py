@@ -86,8 +86,8 @@ def test_imagenet_backbone_loads(shared_dir):
   n_leaves = len(jax.tree_util.tree_leaves(variables))
   n_used = sum(not k.startswith("fc.") and not k.endswith("num_batches_tracked") for k in sd)
   assert n_leaves == n_used == 135
-  taps = make_backbone("mobilenet0.25", module_name=None).apply(
-      variables, jnp.zeros((1, 37, 101, 3)))
+  taps = jax.eval_shape(make_backbone("mobilenet0.25", module_name=None).apply,
+                        variables, jnp.zeros((1, 37, 101, 3)))
   assert {k: v.shape for k, v in taps.items()} == {
       "C2": (1, 10, 26, 32), "C3": (1, 5, 13, 64), "C4": (1, 3, 7, 128), "C5": (1, 2, 4, 256)}
 

@@ -116,15 +116,16 @@ def test_gradient_accumulation_is_the_mean_of_micro_batch_gradients():
   params = jax.device_get(state.params)
   stats = jax.device_get(state.batch_stats)
   grads, losses_ = [], []
+
+  def loss_of(p, stats, mb):
+    out, upd = model.apply({"params": p, "batch_stats": stats}, mb["image"], train=True,
+                           mutable=["batch_stats"])
+    return loss_fn(out, mb, None)[0], upd["batch_stats"]
+
+  grad_fn = jax.jit(jax.value_and_grad(loss_of, has_aux=True))
   for j in range(2):
     mb = {k: v[j::2] for k, v in host.items()}
-
-    def loss_of(p, stats=stats, mb=mb):
-      out, upd = model.apply({"params": p, "batch_stats": stats}, mb["image"], train=True,
-                             mutable=["batch_stats"])
-      return loss_fn(out, mb, None)[0], upd["batch_stats"]
-
-    (loss, stats), g = jax.value_and_grad(loss_of, has_aux=True)(params)
+    (loss, stats), g = grad_fn(params, stats, mb)
     grads.append(g)
     losses_.append(float(loss))
   want = jax.tree.map(lambda p, a, b: p - lr * (a + b) / 2, params, *grads)
