@@ -135,6 +135,8 @@ def _stage_config(c, stage: str, previous: str, *, embedded: bool, test: bool, s
   c.loss.keep_ratio = 0.7
   c.init.checkpoint = previous
   c.train.eval_at_start = False           # the stage's own net starts random: nothing to see
+  if stage != "onet" and "landmarks" in c.eval.evaluators:
+    del c.eval.evaluators["landmarks"]     # only O-Net predicts the points
   if test:
     c.train.num_steps = 4
     c.train.batch_size = 16
