@@ -20,7 +20,7 @@ def test_console_scripts_resolve():
   scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
   assert set(scripts) == {"tinyfaces-train", "tinyfaces-detect", "tinyfaces-evaluate",
                           "tinyfaces-evaluate-fddb", "tinyfaces-cluster-templates",
-                          "tinyfaces-build-embedded"}
+                          "tinyfaces-build-embedded", "tinyfaces-export"}
   for name, target in scripts.items():   # one process each: the absl tools share flag names
     module, _, attr = target.partition(":")
     subprocess.run([sys.executable, "-c", f"import {module} as m; assert callable(m.{attr})"],

@@ -19,6 +19,7 @@ from tests.support import url_fs
 from configs import retinaface_mnet025, test as test_config
 from tinyfaces_jax.training import checkpointing, sharding, train
 from tinyfaces_jax.cli import detect
+from tinyfaces_jax.data import image_files
 from tinyfaces_jax.detectors import base as detector_base
 from tinyfaces_jax.detection import box_ops
 
@@ -97,9 +98,9 @@ def test_unreadable_image_is_named_and_skipped(detections):
   assert result["failed"] == [str(images / "broken.jpg")]
   assert not (out / "broken.json").exists()
   with pytest.raises(ValueError, match="broken.jpg: cannot read the image"):
-    detect.load_image(images / "broken.jpg")
+    image_files.load_image(images / "broken.jpg")
   with pytest.raises(FileNotFoundError, match="no such image file or folder: nope"):
-    detect.list_images(["nope"])
+    image_files.list_images(["nope"])
 
 
 def test_weights_from_a_training_workdir(tmp_path):

@@ -91,7 +91,8 @@ def test_import_and_forward_match_the_numpy_release(layout, priors_640, tmp_path
   # An odd-sized image (pool rounding, fc6 padding / dilation) against the numpy release.
   rng = np.random.default_rng(1)
   image = rng.uniform(0, 255, (1, 75, 99, 3)).astype(np.float32)
-  got = det.model.apply(variables, det.preprocess(jnp.asarray(image)))
+  got = jax.jit(lambda v, x: det.model.apply(v, det.preprocess(x)))(variables,
+                                                                   jnp.asarray(image))
   dec = det.decode(got, (75, 99))
   x = image[0] - np.asarray([123.0, 117.0, 104.0], np.float32)       # RGB minus the means
   x = x if layout == "yxlijun" else x[..., ::-1]                     # BGR for face-alignment

@@ -1,5 +1,6 @@
 """Command-line tools, each `python -m tinyfaces_jax.cli.<name>` and a console script
-(pyproject.toml): detect (tinyfaces-detect), evaluate (WIDER, tinyfaces-evaluate),
+(pyproject.toml): detect (tinyfaces-detect), export (tinyfaces-export), evaluate (WIDER,
+tinyfaces-evaluate),
 evaluate_fddb (tinyfaces-evaluate-fddb), cluster_templates (tinyfaces-cluster-templates),
 build_embedded (tinyfaces-build-embedded), core_demo (`python -m tinyfaces_jax.cli.core_demo`);
 the training entry point is tinyfaces_jax.main (tinyfaces-train).

@@ -29,7 +29,6 @@ files are read and written through etils.epath, so a URL is never turned into a 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -37,12 +36,10 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
-from etils import epath  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from tinyfaces_jax import cli as cli_lib, paths  # noqa: E402
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from tinyfaces_jax.data import image_files  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/retinaface_mnet025.py",
                                           "Config file (configs/*.py[:args]).",
@@ -66,33 +63,6 @@ _ALIGN_TEMPLATE = flags.DEFINE_enum("align_template", "arcface", ["arcface", "sp
                                     "arcface: square crops; sphereface: the 96 x 112 "
                                     "SphereFace / CosFace template.")
 flags.mark_flags_as_required(["weights", "output_dir"])
-
-
-def list_images(inputs) -> list[epath.Path]:
-  """Files and folders, paths or URLs (their image files, sorted, not recursive) -> image
-  paths (`paths.resolve`d)."""
-  out = []
-  for item in inputs:
-    p = paths.resolve(item)
-    if p.is_dir():
-      out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    elif p.is_file():
-      out.append(p)
-    else:
-      raise FileNotFoundError(f"no such image file or folder: {item}")
-  return out
-
-
-def load_image(path):
-  """Image path or URL -> [H, W, 3] uint8 RGB (EXIF orientation applied); ValueError naming
-  the file."""
-  import numpy as np
-  from PIL import Image, ImageOps
-  try:
-    with Image.open(io.BytesIO(paths.resolve(path).read_bytes())) as im:
-      return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-  except (OSError, ValueError, SyntaxError) as e:
-    raise ValueError(f"{path}: cannot read the image ({e})") from e
 
 
 def face_records(det: dict, min_score: float) -> list[dict]:
@@ -170,7 +140,7 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
 
   spec = train.RunSpec.from_config(config)
   cfg = spec.inference
-  images = list_images(inputs)
+  images = image_files.list_images(inputs)
   if not images:
     raise FileNotFoundError(f"no images in {list(inputs)}")
   if align and spec.detector.landmark_flip is None:
@@ -216,7 +186,7 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
 
   for path, stem in zip(images, output_stems(images)):
     try:
-      image = load_image(path)
+      image = image_files.load_image(path)
     except ValueError as e:
       log(f"SKIPPED {e}")
       failed.append(str(path))

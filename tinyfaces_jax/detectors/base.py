@@ -66,6 +66,9 @@ class Detector:
       R- / O-Net stages mine hard samples with the trained, frozen earlier nets); the
       training loop calls it on every host once the state is initialised or restored and
       passes what it returns to the recipe's `train_dataset`.
+    raw_exports: None (the network on images of each export size and test scale), or
+      `sizes [(H, W)] -> [(file suffix, model method, input (h, w))]`: the networks an export
+      of raw outputs writes (MTCNN's three nets; export/functions.py).
   """
   name: str
   model: nn.Module
@@ -81,6 +84,7 @@ class Detector:
   locate_weights: Optional[Callable[[str], str]] = None
   folder_weights: bool = False
   prepare_training: Optional[Callable[[dict, "TrainingContext"], dict]] = None
+  raw_exports: Optional[Callable[[list], list]] = None
 
   def weights_path(self, path: str) -> str:
     """`path` through `locate_weights` (a family's own weight names), else unchanged."""

@@ -124,10 +124,15 @@ def build(model: dict, loss: dict) -> Detector:
   def prepare_training(variables, ctx):
     return mining.prepare(det, cascade_cfg, variables, ctx)
 
+  def raw_exports(sizes):
+    """P-Net on each image size; R-Net and O-Net on their crops."""
+    return ([(f"pnet_{w}x{h}", "pnet", (h, w)) for h, w in sizes]
+            + [(n, n, (s, s)) for n, s in model_lib.CROP_SIZES.items()])
+
   det = Detector(name="mtcnn", model=model_lib.MTCNN(net_cfg), preprocess=model_lib.normalise,
                  loss=loss_fn, decode=decode, pad_value=(127.5, 127.5, 127.5),
                  landmark_flip=LANDMARK_FLIP, import_weights=weights.load_mtcnn,
                  backbone_scope="pnet", make_predict=make_predict,
                  locate_weights=weights.locate, folder_weights=True,
-                 prepare_training=prepare_training)
+                 prepare_training=prepare_training, raw_exports=raw_exports)
   return det
