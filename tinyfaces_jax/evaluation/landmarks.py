@@ -42,7 +42,7 @@ class LandmarkResult:
             "matched": self.num_matched / self.num_faces if self.num_faces else None}
 
 
-def _iou(box, boxes) -> np.ndarray:
+def iou_to_boxes(box, boxes) -> np.ndarray:
   """[4] vs [N, 4] xyxy (continuous areas) -> [N]."""
   lt = np.maximum(box[:2], boxes[:, :2])
   rb = np.minimum(box[2:], boxes[:, 2:])
@@ -61,7 +61,7 @@ def match(det_boxes, det_scores, gt_boxes, iou: float = 0.5) -> np.ndarray:
     free = out < 0
     if not free.any():
       break
-    ov = np.where(free, _iou(np.asarray(det_boxes[d], np.float64), gt_boxes), -1.0)
+    ov = np.where(free, iou_to_boxes(np.asarray(det_boxes[d], np.float64), gt_boxes), -1.0)
     g = int(np.argmax(ov))
     if ov[g] >= iou:
       out[g] = d

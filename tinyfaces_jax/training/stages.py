@@ -53,20 +53,10 @@ def stage_configs(config_arg: str, overrides: dict, workdir) -> list:
              if a]
     config = module.get_config(",".join(parts))
     with config.unlocked():
-      for key, value in overrides.items():
-        _set(config, key, value)
+      config.update_from_flattened_dict(dict(overrides))
     out.append((stage, run, config))
     previous = str(run)
   return out
-
-
-def _set(config, key: str, value) -> None:
-  """config.<a.b.c> = value."""
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
 
 
 def finished(config, workdir) -> bool:

@@ -315,8 +315,8 @@ def _histogram(heights) -> dict:
 
 def _file_digest(path) -> str:
   import hashlib
-  with open(path, "rb") as f:
-    return f"{pathlib.Path(path).name}:{hashlib.sha256(f.read()).hexdigest()[:16]}"
+  path = paths.resolve(path)
+  return f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
 
 
 def _params(num_train, num_val, seed, image_size) -> dict:

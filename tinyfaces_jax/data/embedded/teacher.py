@@ -26,15 +26,14 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from tinyfaces_jax.data.embedded import package_images
 
-LANDMARKS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                              "teacher_landmarks.json")
+LANDMARKS_FILE = epath.Path(__file__).parent / "teacher_landmarks.json"
 FACE_SIDE = 150
 CANVAS = 256
 MIN_SCORE = 0.9
@@ -59,19 +58,13 @@ def teacher_input(crop: package_images.FaceCrop) -> tuple:
   return out, (ox, oy, nw / w)
 
 
-def _iou(a, b) -> float:
-  lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
-  inter = float(np.prod(np.clip(rb - lt, 0, None)))
-  area = lambda z: float(np.prod(np.clip(z[2:] - z[:2], 0, None)))
-  return inter / max(area(a) + area(b) - inter, 1e-9)
-
-
 def run_teacher(family: str, weights: str, crops) -> list:
   """One teacher on every crop -> [(score, box [4] and points [5, 2] in crop pixels, IoU
   with the face box)] (score 0 and NaNs where it finds nothing)."""
   import jax
   import jax.numpy as jnp
   from tinyfaces_jax import detectors, inference
+  from tinyfaces_jax.evaluation import landmarks
   from tinyfaces_jax.training import checkpointing
   det = detectors.build_detector(family)
   variables, _ = checkpointing.model_variables(det, weights)
@@ -82,7 +75,7 @@ def run_teacher(family: str, weights: str, crops) -> list:
     r = jax.device_get(predict(variables, jnp.asarray(image[None]),
                                jnp.asarray([image.shape[:2]], jnp.int32)))
     boxes = (r["boxes"][0] - [ox, oy, ox, oy]) / s
-    ious = np.asarray([_iou(b, np.asarray(crop.box)) for b in boxes]) * r["valid"][0]
+    ious = landmarks.iou_to_boxes(np.asarray(crop.box, np.float64), boxes) * r["valid"][0]
     if not ious.size or ious.max() <= 0:
       out.append((0.0, np.full(4, np.nan), np.full((5, 2), np.nan), 0.0))
       continue
@@ -112,11 +105,10 @@ def label_crops(crops, retinaface: str, mtcnn: str) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def crop_landmarks(path: str = LANDMARKS_FILE) -> dict:
+def crop_landmarks(path=LANDMARKS_FILE) -> dict:
   """{crop name: (points [5, 2] float32 in crop pixels, present)} from the shipped file; a
   crop it does not list has no landmarks (present False)."""
-  with open(path) as f:
-    crops = json.load(f)["crops"]
+  crops = json.loads(epath.Path(path).read_text())["crops"]
   return {name: (np.asarray(v["points"], np.float32) if v["points"] else
                  np.full((5, 2), -1.0, np.float32), bool(v["present"]))
           for name, v in crops.items()}
@@ -127,18 +119,16 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--retinaface", required=True, help="Pytorch_Retinaface mnet0.25 .pth")
   parser.add_argument("--mtcnn", required=True, help="MTCNN weights folder (.pt / .lz4)")
-  parser.add_argument("--out", default=LANDMARKS_FILE)
+  parser.add_argument("--out", default=str(LANDMARKS_FILE))
   args = parser.parse_args(argv)
   crops = package_images.face_crops()
   labels = label_crops(crops, args.retinaface, args.mtcnn)
-  doc = {"teachers": {"retinaface": os.path.basename(args.retinaface),
-                      "mtcnn": os.path.basename(os.path.normpath(args.mtcnn)),
+  doc = {"teachers": {"retinaface": epath.Path(args.retinaface).name,
+                      "mtcnn": epath.Path(args.mtcnn).name,
                       "face_side_px": FACE_SIDE, "min_score": MIN_SCORE, "min_iou": MIN_IOU,
                       "max_disagreement": MAX_DISAGREEMENT},
          "crops": labels}
-  with open(args.out, "w") as f:
-    json.dump(doc, f, indent=1)
-    f.write("\n")
+  epath.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
   n = sum(v["present"] for v in labels.values())
   gaps = [v["disagreement"] for v in labels.values() if v["disagreement"] is not None]
   print(f"{args.out}: {n} of {len(labels)} crops with landmarks; teacher disagreement median "

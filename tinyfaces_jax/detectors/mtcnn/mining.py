@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from tinyfaces_jax import settings
+from tinyfaces_jax.evaluation import wider
 from tinyfaces_jax.detectors.mtcnn import cascade
 from tinyfaces_jax.detectors.mtcnn.model import NETS
 
@@ -76,17 +77,6 @@ def square_rounded(boxes: np.ndarray) -> np.ndarray:
   return np.round(np.stack([x1, y1, x1 + side - 1, y1 + side - 1], 1))
 
 
-def iou_plus_one(boxes: np.ndarray, faces: np.ndarray) -> np.ndarray:
-  """[N, 4] x [G, 4] -> [N, G] IoU with +1 pixel areas (AITTSMD's utils.IoU)."""
-  area = lambda b: (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-  w = np.maximum(0, np.minimum(boxes[:, None, 2], faces[None, :, 2])
-                 - np.maximum(boxes[:, None, 0], faces[None, :, 0]) + 1)
-  h = np.maximum(0, np.minimum(boxes[:, None, 3], faces[None, :, 3])
-                 - np.maximum(boxes[:, None, 1], faces[None, :, 1]) + 1)
-  inter = w * h
-  return inter / (area(boxes)[:, None] + area(faces)[None, :] - inter)
-
-
 def label_detections(boxes: np.ndarray, faces: np.ndarray, image_hw, cfg: MiningConfig) -> dict:
   """One image's detections [N, 4] (descending score) and faces [G, 4] xyxy -> dict(squares
   [K, 4] float32 xyxy with exclusive x2 / y2 (the crop covers [x1, x2) x [y1, y2)), labels [K]
@@ -100,7 +90,8 @@ def label_detections(boxes: np.ndarray, faces: np.ndarray, image_hw, cfg: Mining
   sq, side = sq[keep], side[keep]
   faces = np.asarray(faces, np.float64).reshape(-1, 4)
   if len(faces):
-    iou = iou_plus_one(sq, faces)
+    xywh = lambda b: np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], 1)  # x2 = x + w
+    iou = wider.iou_plus1(xywh(sq), xywh(faces))      # AITTSMD's utils.IoU: +1 areas
     best, which = iou.max(1), iou.argmax(1)
   else:
     best, which = np.zeros(len(sq)), np.zeros(len(sq), np.int64)

@@ -41,7 +41,7 @@ import tensorflow as tf
 import numpy as np
 
 from tinyfaces_jax import settings
-from tinyfaces_jax.data import pipeline
+from tinyfaces_jax.data import pipeline, transforms
 
 STAGE_SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
 LANDMARK_STAGES = ("pnet", "onet")      # the nets with a landmark head
@@ -56,13 +56,10 @@ def _uniform_int(seed, shape, lo, hi):
 
 
 def _iou(a, b):
-  """a [N, 4], b [M, 4] xyxy -> [N, M]."""
-  lt = tf.maximum(a[:, None, :2], b[None, :, :2])
-  rb = tf.minimum(a[:, None, 2:], b[None, :, 2:])
-  inter = tf.reduce_prod(tf.maximum(rb - lt, 0.0), -1)
-  area = lambda x: tf.reduce_prod(tf.maximum(x[..., 2:] - x[..., :2], 0.0), -1)
-  union = area(a)[:, None] + area(b)[None, :] - inter
-  return tf.math.divide_no_nan(inter, union)
+  """IoU of xyxy boxes a [..., 4] and b [..., 4], broadcast (a[:, None], b[None]: [N, M])."""
+  inter = transforms.box_area(tf.concat([tf.maximum(a[..., :2], b[..., :2]),
+                                         tf.minimum(a[..., 2:], b[..., 2:])], -1))
+  return tf.math.divide_no_nan(inter, transforms.box_area(a) + transforms.box_area(b) - inter)
 
 
 def _crop(image, squares, size: int):
@@ -141,14 +138,14 @@ def draw_samples(d, seed, kind: str, negatives: int, near_negatives: int, tries:
         -side, -f[:, 1]) + 1))
     nx1, ny1 = tf.maximum(0.0, f[:, 0] + dx), tf.maximum(0.0, f[:, 1] + dy)
     squares = tf.concat([rand, tf.stack([nx1, ny1, nx1 + side, ny1 + side], 1)], 0)
-    iou = _iou(squares, tf.concat([all_faces, empty], 0))
+    iou = _iou(squares[:, None], tf.concat([all_faces, empty], 0)[None])
     max_iou = tf.reduce_max(tf.concat([iou, tf.zeros([tf.shape(iou)[0], 1])], 1), 1)
     squares = tf.boolean_mask(squares, inside(squares) & (max_iou < 0.3))
     label = tf.fill(tf.shape(squares)[:1], LABELS["negative"])
   elif kind in ("positive", "part"):
     squares = _shifted_squares(seed, faces, tries)
     own = tf.repeat(faces, tries, axis=0)
-    iou = _pair_iou(squares, own)
+    iou = _iou(squares, own)
     ok = inside(squares) & ((iou >= 0.65) if kind == "positive"
                             else (iou >= 0.4) & (iou < 0.65))
     squares, own = tf.boolean_mask(squares, ok), tf.boolean_mask(own, ok)
@@ -165,7 +162,7 @@ def draw_samples(d, seed, kind: str, negatives: int, near_negatives: int, tries:
     aug_faces = tf.boolean_mask(lf, side >= 40)
     aug = _shifted_squares(seed, aug_faces, tries)
     aug_own = tf.repeat(aug_faces, tries, axis=0)
-    keep_aug = inside(aug) & (_pair_iou(aug, aug_own) > 0.65)
+    keep_aug = inside(aug) & (_iou(aug, aug_own) > 0.65)
     aug_pts = tf.boolean_mask(tf.repeat(tf.boolean_mask(pts, side >= 40), tries, axis=0),
                               keep_aug)
     squares = tf.concat([own_sq, tf.boolean_mask(aug, keep_aug)], 0)
@@ -180,15 +177,6 @@ def draw_samples(d, seed, kind: str, negatives: int, near_negatives: int, tries:
   return {"squares": squares, "label": label,
           "bbox": bbox if bbox is not None else tf.zeros(tf.concat([k, [4]], 0)),
           "landmarks": lmk if lmk is not None else tf.zeros(tf.concat([k, [10]], 0))}
-
-
-def _pair_iou(a, b):
-  """Row-wise IoU of a [N, 4] and b [N, 4] -> [N]."""
-  lt = tf.maximum(a[:, :2], b[:, :2])
-  rb = tf.minimum(a[:, 2:], b[:, 2:])
-  inter = tf.reduce_prod(tf.maximum(rb - lt, 0.0), -1)
-  area = lambda x: tf.reduce_prod(tf.maximum(x[:, 2:] - x[:, :2], 0.0), -1)
-  return tf.math.divide_no_nan(inter, area(a) + area(b) - inter)
 
 
 def _distort(sample, seed, mirror: bool, colour: bool):
