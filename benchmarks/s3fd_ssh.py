@@ -105,25 +105,32 @@ DEFAULTS = {"cpu": dict(batch=1, image_size={"s3fd": 320, "ssh": 320}, infer=(25
 MEAN_BGR = {"s3fd": s3fd_model.MEAN_BGR, "ssh": ssh_model.MEAN_BGR}
 
 
-def build(family: str, ssh_backbone: str):
-  """-> (detector, optim.OptimConfig) as the family's config trains it."""
+def build(family: str, ssh_backbone: str, s3fd_backbone: str = "vgg16",
+          conv_impl: str = "auto"):
+  """-> (detector, optim.OptimConfig) as the family's config trains it (s3fd_backbone
+  mobilenet0.25: configs/s3fd_vgg16.py:backbone=mnet025's CPU-sized S3FD; conv_impl: how the
+  convs are computed, models/layers.py)."""
   if family == "s3fd":
-    return (detectors.build_detector("s3fd", {"variant": "caffe"}, {}),
+    return (detectors.build_detector("s3fd", {"variant": "caffe", "backbone": s3fd_backbone,
+                                              "conv_impl": conv_impl}, {}),
             optim.OptimConfig(learning_rate=LR, schedule="constant"))
-  model = {"backbone": ssh_backbone, **(SSH_MNET if ssh_backbone != "vgg16" else {})}
+  model = {"backbone": ssh_backbone, "conv_impl": conv_impl,
+           **(SSH_MNET if ssh_backbone != "vgg16" else {})}
   return (detectors.build_detector("ssh", model, {}),
           optim.OptimConfig(learning_rate=LR, schedule="constant",
                             frozen=SSH_FROZEN if ssh_backbone == "vgg16" else ()))
 
 
-def synthetic_batch(rng: np.random.Generator, b: int, size: int, family: str) -> dict:
-  """image [B, S, S, 3] float32 RGB 0..255, boxes [B, M, 4] xyxy, box_mask [B, M] (M = 64,
-  8..12 faces, side log-uniform 12 .. S/2 px); SSH: valid_region [B, 4] = (0, 0, S, S)."""
+def synthetic_batch(rng: np.random.Generator, b: int, size: int, family: str,
+                    slots: int = SLOTS) -> dict:
+  """image [B, S, S, 3] float32 RGB 0..255, boxes [B, M, 4] xyxy, box_mask [B, M] (M =
+  `slots`, default 64, > 12; 8..12 faces, side log-uniform 12 .. S/2 px); SSH: valid_region
+  [B, 4] = (0, 0, S, S)."""
   image = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
-  side = np.exp(rng.uniform(np.log(12), np.log(size / 2), (b, SLOTS)))
+  side = np.exp(rng.uniform(np.log(12), np.log(size / 2), (b, slots)))
   x1, y1 = (rng.uniform(0, size - side) for _ in range(2))
   boxes = np.stack([x1, y1, x1 + side, y1 + side], -1)
-  mask = np.arange(SLOTS)[None] < rng.integers(FACES - 2, FACES + 3, (b, 1))
+  mask = np.arange(slots)[None] < rng.integers(FACES - 2, FACES + 3, (b, 1))
   out = {"image": image, "boxes": np.where(mask[..., None], boxes, 0).astype(np.float32),
          "box_mask": mask}
   if family == "ssh":

@@ -65,18 +65,18 @@ OPTIM = optim.OptimConfig(learning_rate=1e-3, momentum=0.9, weight_decay=5e-4)
 SLOTS, FACES = 64, 10
 
 
-def synthetic_batch(rng: np.random.Generator, b: int, size: int) -> dict:
+def synthetic_batch(rng: np.random.Generator, b: int, size: int, slots: int = SLOTS) -> dict:
   """Host batch as the training pipeline gives it: image [B, S, S, 3] float32 RGB 0..255,
   boxes [B, M, 4] xyxy, box_mask [B, M], landmarks [B, M, 5, 2], landmarks_present [B, M]
-  (M = 64; 8..12 faces per image, side log-uniform 12 .. S/2 px, landmarks inside the box for
-  a random half of them)."""
+  (M = `slots`, default 64, > 12; 8..12 faces per image, side log-uniform 12 .. S/2 px,
+  landmarks inside the box for a random half of them)."""
   image = rng.uniform(0, 255, (b, size, size, 3)).astype(np.float32)
-  side = np.exp(rng.uniform(np.log(12), np.log(size / 2), (b, SLOTS)))
+  side = np.exp(rng.uniform(np.log(12), np.log(size / 2), (b, slots)))
   x1, y1 = (rng.uniform(0, size - side) for _ in range(2))
   boxes = np.stack([x1, y1, x1 + side, y1 + side], -1)
-  mask = np.arange(SLOTS)[None] < rng.integers(FACES - 2, FACES + 3, (b, 1))
-  lm = boxes[..., None, :2] + rng.uniform(0.2, 0.8, (b, SLOTS, 5, 2)) * side[..., None, None]
-  present = mask & (rng.uniform(size=(b, SLOTS)) < 0.5)
+  mask = np.arange(slots)[None] < rng.integers(FACES - 2, FACES + 3, (b, 1))
+  lm = boxes[..., None, :2] + rng.uniform(0.2, 0.8, (b, slots, 5, 2)) * side[..., None, None]
+  present = mask & (rng.uniform(size=(b, slots)) < 0.5)
   return {"image": image, "boxes": np.where(mask[..., None], boxes, 0).astype(np.float32),
           "box_mask": mask, "landmarks": np.where(mask[..., None, None], lm, 0).astype(
               np.float32), "landmarks_present": present}

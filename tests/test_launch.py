@@ -280,6 +280,7 @@ def test_pyproject_pins_are_requirements_pins():
   dev = [l for l in (ROOT / "requirements-dev.txt").read_text().splitlines()
          if l and not l.startswith(("#", "-r"))]
   assert extras["dev"] == dev
-  assert project["tool"]["pytest"]["ini_options"]["addopts"] == "-m 'not slow and not multihost'"
+  assert project["tool"]["pytest"]["ini_options"]["addopts"] == (
+      "-m 'not slow and not multihost and not notebooks'")
   for text in ((ROOT / "requirements.txt").read_text(), (ROOT / "launch/README.md").read_text()):
     assert set(re.findall(r"jax\[\w+\]==([\w.]+)", text)) <= {PIN}  # comments name the pin

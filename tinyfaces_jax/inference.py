@@ -179,17 +179,23 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
       landmarks = (None if sel[0][2] is None
                    else jnp.concatenate([p[2] for p in sel], axis=1))
       top_k = None
-    res = nms_lib.batched_nms(boxes, scores, iou_threshold=cfg.iou_threshold,
-                              max_output=cfg.max_output, score_threshold=cfg.score_threshold,
-                              pre_nms_top_k=top_k, pixel_offset=cfg.pixel_offset)
-    out = {"boxes": res.boxes, "scores": res.scores, "valid": res.valid}
-    if landmarks is not None:
-      idx = jnp.maximum(res.indices, 0)
-      lm = jax.vmap(lambda x, j: x[j])(landmarks, idx)
-      out["landmarks"] = jnp.where(res.valid[..., None, None], lm, 0.0)
-    return out
+    return select(boxes, scores, landmarks, cfg, top_k)
 
   return predict
+
+
+def select(boxes, scores, landmarks, cfg: InferenceConfig, pre_nms_top_k: Optional[int]):
+  """The predictor's last step (traceable): score threshold, top-k, greedy NMS and keep-K of
+  one set of candidates per image. boxes [B, A, 4], scores [B, A], landmarks [B, A, P, 2] or
+  None -> the output dict of the module docstring."""
+  res = nms_lib.batched_nms(boxes, scores, iou_threshold=cfg.iou_threshold,
+                            max_output=cfg.max_output, score_threshold=cfg.score_threshold,
+                            pre_nms_top_k=pre_nms_top_k, pixel_offset=cfg.pixel_offset)
+  out = {"boxes": res.boxes, "scores": res.scores, "valid": res.valid}
+  if landmarks is not None:
+    lm = jax.vmap(lambda x, j: x[j])(landmarks, jnp.maximum(res.indices, 0))
+    out["landmarks"] = jnp.where(res.valid[..., None, None], lm, 0.0)
+  return out
 
 
 def to_original(det: dict, index: int, scale: float) -> dict:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.support import url_fs
 from tinyfaces_jax.analysis import scale_sweep
+from tinyfaces_jax.evaluation import size_bins
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("launch_sweep", ROOT / "launch" / "sweep.py")
@@ -262,24 +263,27 @@ def test_load_sweep_step_and_missing(sweep_dir, tmp_path, capsys):
 
 
 def run_notebook(sweep_dir, monkeypatch) -> list:
-  """Executes notebooks/scale_sweep.ipynb's code cells on `sweep_dir` (a stub IPython) after
-  checking it is a clean nbformat-4 file -> what it displayed: [(data, format, filename)]."""
+  """Executes the cells of notebooks/scale_sweep.ipynb that read a sweep folder (tagged
+  "sweep_analysis": parameters, imports, load / table, plot) on `sweep_dir` (a stub IPython)
+  after checking it is a clean nbformat-4 file -> what they displayed: [(data, format,
+  filename)]. The whole notebook runs in tests/notebooks (marker notebooks)."""
   nb = json.loads((ROOT / "notebooks" / "scale_sweep.ipynb").read_text())
   assert nb["nbformat"] == 4 and {c["cell_type"] for c in nb["cells"]} == {"markdown", "code"}
   shown = []
   display = types.ModuleType("IPython.display")
-  display.Image = lambda data=None, format=None, filename=None: (data, format, filename)
+  display.Image = lambda data=None, format=None, filename=None, **_: (data, format, filename)
   display.display = shown.append
   monkeypatch.setitem(sys.modules, "IPython", types.ModuleType("IPython"))
   monkeypatch.setitem(sys.modules, "IPython.display", display)
   monkeypatch.setattr(sys, "path", list(sys.path))
-  ns = {}
+  monkeypatch.setenv("TINYFACES_SWEEP_DIR", str(sweep_dir))
+  ns, ran = {}, 0
   for cell in nb["cells"]:
-    assert isinstance(cell["source"], list) and cell["metadata"] == {}
-    if cell["cell_type"] == "code":
-      assert cell["outputs"] == [] and cell["execution_count"] is None
-      src = "".join(cell["source"]).replace('"/path/to/sweep"', repr(str(sweep_dir)))
-      exec(compile(src, "scale_sweep.ipynb", "exec"), ns)
+    assert isinstance(cell["source"], list) and set(cell["metadata"]) <= {"tags"}
+    if cell["cell_type"] == "code" and "sweep_analysis" in cell["metadata"].get("tags", []):
+      exec(compile("".join(cell["source"]), "scale_sweep.ipynb", "exec"), ns)
+      ran += 1
+  assert ran == 4 and ns["SWEEP_DIR"] == str(sweep_dir)
   return shown
 
 
@@ -331,3 +335,54 @@ def test_analysis_and_notebook_on_a_url_sweep_dir(sweep_dir, ram_dir, monkeypatc
   (data, fmt, filename), = run_notebook(remote, monkeypatch)
   assert data == (remote / "scale_sweep.png").read_bytes() and fmt == "png" and filename is None
   assert url_fs.local_entries(".") == []
+
+
+# ------------------------------------------------------------------------------ CSV read back
+
+
+def test_read_csv_round_trip_and_committed_results(sweep_dir, tmp_path):
+  runs = scale_sweep.load_sweep(sweep_dir)
+  path = scale_sweep.write_csv(runs, tmp_path / "sweep.csv")
+  back = scale_sweep.read_csv(path, num_faces=[30, 50, 20])
+  assert [r["name"] for r in back] == ["res2x", "res1x", "fresh", "old"]
+  for r, b in zip(runs, back):
+    assert (b["step"], b["overrides"], b["problem"]) == (r["step"], r["overrides"], r["problem"])
+    assert b["ap_by_height"] == r["ap_by_height"]  # bins, counts and the APs' exact floats
+  assert scale_sweep.format_table(back) == scale_sweep.format_table(runs)
+  # Without counts: None, shown as "-" in the table and left out of the plot's ticks.
+  plain = scale_sweep.read_csv(path)
+  assert [row["num_faces"] for row in plain[0]["ap_by_height"]] == [None] * 3
+  assert scale_sweep.format_table(plain).splitlines()[1].split() == ["faces", "-", "-", "-"]
+  png = scale_sweep.plot_sweep(plain, tmp_path / "plain.png")
+  with Image.open(png) as im:
+    assert im.format == "PNG"
+  # The committed sweeps of the README read back with its numbers.
+  res = {r["name"]: {size_bins.bin_label(b["lo"], b["hi"]): b["ap"]
+                     for b in r["ap_by_height"]}
+         for r in scale_sweep.read_csv(ROOT / "benchmarks" / "results" /
+                                       "hr_resolution_sweep_embedded.csv")}
+  assert list(res) == ["res0.5x", "res1x", "res2x"]
+  assert round(res["res2x"]["10-20"], 3) == 0.589 and round(res["res0.5x"]["160-320"], 3) == 0.928
+  assert round(res["res1x"]["40-80"], 3) == 0.854 and res["res0.5x"][">=320"] > 0
+
+
+def test_read_csv_errors(tmp_path):
+  bad = tmp_path / "bad.csv"
+  bad.write_text("a,b\n1,2\n")
+  with pytest.raises(ValueError, match="bad.csv: expected the columns run, step, overrides"):
+    scale_sweep.read_csv(bad)
+  bad.write_text("run,step,overrides,10-x,problem\nr,1,{},0.5,\n")
+  with pytest.raises(ValueError, match="'10-x' is not a height-bin label"):
+    scale_sweep.read_csv(bad)
+  bad.write_text("run,step,overrides,<10,>=10,problem\nr,1,{},0.5,\n")
+  with pytest.raises(ValueError, match=r"bad.csv:2: 5 fields, the header has 6"):
+    scale_sweep.read_csv(bad)
+  bad.write_text("run,step,overrides,<10,>=10,problem\nr,1,{},0.5,x,\n")
+  with pytest.raises(ValueError, match=r"bad.csv:2: malformed row"):
+    scale_sweep.read_csv(bad)
+  bad.write_text("run,step,overrides,<10,>=10,problem\nr,1,{},0.5,0.25,\n")
+  with pytest.raises(ValueError, match="2 bins but 3 face counts"):
+    scale_sweep.read_csv(bad, num_faces=[1, 2, 3])
+  assert scale_sweep.read_csv(bad)[0]["ap_by_height"] == [
+    {"lo": 0.0, "hi": 10.0, "ap": 0.5, "num_faces": None},
+    {"lo": 10.0, "hi": float("inf"), "ap": 0.25, "num_faces": None}]

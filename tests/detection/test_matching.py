@@ -163,6 +163,7 @@ def test_exact_threshold_iou():
   np.testing.assert_array_equal(np.asarray(r.labels), [1, 0])      # forced: 0.35 >= 0.35
 
 
+@pytest.mark.slow  # the default run's time budget
 def test_unroll_invariance():
   rng = np.random.default_rng(7)
   anchors = anchor_grid(size=96)
@@ -175,6 +176,7 @@ def test_unroll_invariance():
     same(mt.match_s3fd(anchors, gt, mask, unroll=c), base_s3)
 
 
+@pytest.mark.slow  # the default run's time budget
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), m=st.integers(1, 12), pos=st.sampled_from([0.35, 0.5]),
        fmin=st.sampled_from([0.0, 0.2]), unroll=st.sampled_from([1, 3]))
@@ -278,6 +280,7 @@ def test_templates_force_padding_and_empty():
 
 
 # ----------------------------------------------------------------------------- batch / scale
+@pytest.mark.slow  # the default run's time budget
 def test_batch_jit_vmap_equals_per_image(shared_dir):
   rng = np.random.default_rng(11)
   anchors = anchor_grid()
@@ -348,6 +351,7 @@ def test_bipartite_cascade_is_the_greedy_order():
                                                   force="bipartite", bipartite_k=3))(gt), want)
 
 
+@pytest.mark.slow  # the default run's time budget
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2 ** 31 - 1), m=st.integers(1, 30), fmin=st.sampled_from([0.0, 0.2]))
 def test_bipartite_crowded_vs_greedy_reference(seed, m, fmin):

@@ -21,7 +21,8 @@ evaluated yet, an older aps.json, a missing step) are listed with the reason, no
 Outputs: a PNG (x: face height, log scale, one tick per bin with its face count; y: AP; one line
 per run labelled `name (overrides)`), a CSV beside it (one row per run, one column per bin) and
 the same table on stdout. Exit status 0 when the plot was written, 1 when no run has the data,
-2 when sweep.json is missing or malformed. From a notebook: `load_sweep` then `plot_sweep`.
+2 when sweep.json is missing or malformed. From a notebook: `load_sweep` then `plot_sweep`;
+`read_csv` reads such a CSV back (e.g. the committed benchmarks/results/hr_*_sweep_*.csv).
 The sweep folder, the workdirs and the outputs may be local paths or URLs (gs://...): every
 file goes through etils.epath.
 """
@@ -32,6 +33,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import re
 import sys
 from typing import Optional
@@ -186,7 +188,8 @@ def format_table(runs: list) -> str:
   width = max([len("faces")] + [len(r["name"]) for r in runs]) + 2
   head = f"{'run':<{width}}{'step':>7}" + "".join(f"{size_bins.bin_label(lo, hi):>9}"
                                                    for lo, hi, _ in bins)
-  lines = [head, f"{'faces':<{width}}{'':>7}" + "".join(f"{n:>9d}" for _, _, n in bins)]
+  lines = [head, f"{'faces':<{width}}{'':>7}" + "".join(
+      f"{'-' if n is None else n:>9}" for _, _, n in bins)]
   for r in runs:
     if r["ap_by_height"] is None:
       lines.append(f"{r['name']:<{width}}{'-':>7}  no data: {r['problem']}")
@@ -219,6 +222,69 @@ def write_csv(runs: list, path) -> epath.Path:
   return path
 
 
+def _parse_bin_label(label: str) -> tuple:
+  """`size_bins.bin_label`'s text back to (lo, hi): "<10" -> (0, 10), "10-20" -> (10, 20),
+  ">=320" -> (320, inf); ValueError otherwise."""
+  try:
+    if label.startswith(">="):
+      return float(label[2:]), math.inf
+    if label.startswith("<"):
+      return 0.0, float(label[1:])
+    lo, hi = label.split("-")
+    return float(lo), float(hi)
+  except ValueError:
+    raise ValueError(f"{label!r} is not a height-bin label (<hi, lo-hi or >=lo)") from None
+
+
+def read_csv(path, num_faces=None) -> list:
+  """A CSV `write_csv` wrote (local or URL) -> the runs, as `load_sweep` gives them (name,
+  overrides, step, ap_by_height, problem; workdir and aps None), for `format_table` and
+  `plot_sweep`.
+
+  The CSV records no face counts: every row's num_faces is None (plots and tables then show
+  none), or `num_faces[i]` for the i-th bin column when given (e.g.
+  `size_bins.count_by_height(gt)` of the ground truth the sweep was evaluated on). A run with
+  a problem and no AP has ap_by_height None. ValueError naming the file when it is malformed.
+  """
+  path = paths.resolve(path)
+  rows = list(csv.reader(io.StringIO(path.read_text())))
+  if not rows or rows[0][:3] != ["run", "step", "overrides"] or rows[0][-1] != "problem":
+    raise ValueError(f"{path}: expected the columns run, step, overrides, <bins>..., problem "
+                     "(a scale_sweep CSV)")
+  labels = rows[0][3:-1]
+  try:
+    bins = [_parse_bin_label(b) for b in labels]
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+  if num_faces is not None and len(num_faces) != len(bins):
+    raise ValueError(f"{path}: {len(bins)} bins but {len(num_faces)} face counts given")
+  runs = []
+  for lineno, row in enumerate(rows[1:], start=2):
+    if not row:
+      continue
+    if len(row) != len(rows[0]):
+      raise ValueError(f"{path}:{lineno}: {len(row)} fields, the header has {len(rows[0])}")
+    try:
+      overrides = json.loads(row[2]) if row[2] else {}
+      aps = [float(v) if v else None for v in row[3:-1]]
+    except ValueError as e:
+      raise ValueError(f"{path}:{lineno}: malformed row ({e})") from None
+    problem = row[-1] or None
+    has_data = not (problem and all(a is None for a in aps))
+    runs.append({
+        "name": row[0], "overrides": overrides, "workdir": None,
+        "step": int(row[1]) if row[1] else None, "aps": None, "problem": problem,
+        "ap_by_height": [{"lo": lo, "hi": hi, "ap": ap,
+                          "num_faces": None if num_faces is None else int(num_faces[i])}
+                         for i, ((lo, hi), ap) in enumerate(zip(bins, aps))]
+                        if has_data else None})
+  return runs
+
+
+def _tick_label(lo: float, hi: float, n) -> str:
+  return size_bins.bin_label(lo, hi) + ("" if n is None else f"\nn={n}")
+
+
 def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height") -> epath.Path:
   """AP against face height (log x, bins at their geometric centres), one line per run with
   data; writes the PNG at `out_path` (local or URL; parents created) and returns its path."""
@@ -238,7 +304,7 @@ def plot_sweep(runs: list, out_path, title: str = "WIDER val AP by face height")
             label=run_label(r, keys))
   ax.set_xscale("log")
   centres = [size_bins.bin_centre(lo, hi) for lo, hi, _ in bins]
-  ax.set_xticks(centres, [f"{size_bins.bin_label(lo, hi)}\nn={n}" for lo, hi, n in bins])
+  ax.set_xticks(centres, [_tick_label(lo, hi, n) for lo, hi, n in bins])
   ax.minorticks_off()
   ax.set_xlim(min(centres) / 1.5, max(centres) * 1.5)
   ax.set_ylim(0.0, 1.0)

@@ -146,8 +146,10 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   if align and spec.detector.landmark_flip is None:
     raise ValueError(f"--align: the {spec.detector.name} detector predicts no landmarks; "
                      "alignment needs the 5 points of RetinaFace or MTCNN")
+  from tinyfaces_jax.models import layers
   from tinyfaces_jax.training import checkpointing
   variables, what = checkpointing.model_variables(spec.detector, weights)
+  variables = layers.fold_batch_norm(variables)  # inference only: BatchNorm into the convs
   predict = inference.make_predict_fn(spec.detector, cfg)
   out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)

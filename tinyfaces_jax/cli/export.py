@@ -1,7 +1,7 @@
 """Export a detector: `tinyfaces-export` (or `python -m tinyfaces_jax.cli.export`).
 
   tinyfaces-export --config=configs/retinaface_mnet025.py --weights=WEIGHTS \
-      --output_dir=DIR [--formats=stablehlo,savedmodel] [--outputs=raw|detections]
+      --output_dir=DIR [--formats=stablehlo,savedmodel,onnx] [--outputs=raw|detections]
       [--sizes=640x480,1024x768] [--mlir] [--check] [--check_image=PHOTO]
 
 WEIGHTS: what `detect` takes (a public checkpoint the family imports, a training workdir or one
@@ -13,10 +13,15 @@ with. Per size (WIDTHxHEIGHT) it writes one artifact per format (export/function
   * `--outputs=detections`: the whole test-time pipeline (scales, flip, decoding, NMS, a
     cascade): images [B, H, W, 3] and image_hw [B, 2] int32 -> boxes, scores, valid
     (landmarks) with K = config.eval.max_output rows, descending score.
-Formats: `stablehlo` (`<name>.stablehlo`, the serialized jax.export artifact; `--mlir` adds
-the StableHLO text) and `savedmodel` (`<name>/`, a TensorFlow SavedModel via jax2tf, signature
-serving_default). Every artifact has a symbolic batch. `export.json` lists them (inputs,
-outputs, shapes, the config). With --check (default) each artifact is reloaded and run on a
+The weights go in with BatchNorm folded into the convolutions (models/layers.fold_batch_norm,
+as `detect` runs them). Formats: `stablehlo` (`<name>.stablehlo`, the serialized jax.export
+artifact; `--mlir` adds the StableHLO text), `savedmodel` (`<name>/`, a TensorFlow SavedModel via jax2tf, signature
+serving_default) and `onnx` (`<name>.onnx`, opset 18, by our jaxpr translator
+export/onnx_graph.py; `--outputs=raw` only: the detections pipeline's NMS has no translation;
+the network is traced with conv_impl="conv", i.e. plain (depthwise: grouped) Conv nodes, input
+"images" NHWC as the others, outputs named by the raw dict's keys). Every artifact has a
+symbolic batch. `export.json` lists them (inputs, outputs, shapes, the config). With --check
+(default) each artifact is reloaded (ONNX: in onnxruntime, CPUExecutionProvider) and run on a
 batch of 2 (`--check_image` and its mirror image, else noise) against the jitted function: raw
 outputs within 1e-4 (relative to their scale), detections the same boxes; a mismatch is an
 error.
@@ -35,7 +40,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from tinyfaces_jax import cli as cli_lib, paths  # noqa: E402
 
-FORMATS = ("stablehlo", "savedmodel")
+FORMATS = ("stablehlo", "savedmodel", "onnx")
 
 
 def _max_diff(a, b) -> float:
@@ -77,12 +82,18 @@ def run(config, weights: str, output_dir: str, *, formats=("stablehlo",),
   """Exports (module docstring) -> the export.json record {"artifacts": [...], ...}."""
   import jax
   import numpy as np
-  from tinyfaces_jax.export import functions, savedmodel, stablehlo
+  from tinyfaces_jax.export import functions, onnx_graph, savedmodel, stablehlo
+  from tinyfaces_jax.models import layers
   from tinyfaces_jax.training import checkpointing, train
 
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     raise ValueError(f"--formats {list(formats)}: known formats are {list(FORMATS)}")
+  if "onnx" in formats and outputs != "raw":
+    raise ValueError("onnx: only --outputs=raw; the detections pipeline (NMS, top-k, MTCNN's "
+                     "cascade) has no ONNX translation: export it as stablehlo or savedmodel, "
+                     "or the raw networks as onnx and post-process them "
+                     "(export.onnx_graph.detections)")
   hw = [functions.parse_size(s) for s in sizes]
   photo = None
   if check_image:
@@ -91,14 +102,18 @@ def run(config, weights: str, output_dir: str, *, formats=("stablehlo",),
   spec = train.RunSpec.from_config(config)
   det = spec.detector
   variables, what = checkpointing.model_variables(det, weights)
+  variables = layers.fold_batch_norm(variables)  # inference only: BatchNorm into the convs
   items = functions.exportables(det, variables, spec.inference, hw, outputs)
+  # ONNX: the same networks with XLA convolutions (no CPU shift-add paths): Conv nodes
+  onnx_items = (functions.exportables(onnx_graph.xla_convs(det), variables, spec.inference, hw,
+                                      outputs) if "onnx" in formats else items)
   out = paths.resolve(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   log(f"exporting {det.name} ({what}): {len(items)} artifact(s) x {list(formats)}, "
       f"{outputs}, into {out}")
   record = {"detector": det.name, "weights": str(weights), "outputs": outputs,
             "config": json.loads(config.to_json_best_effort()), "artifacts": []}
-  for item in items:
+  for item, onnx_item in zip(items, onnx_items):
     args = functions.example_inputs(item, 2, image=photo) if verify else None
     reference = jax.device_get(jax.jit(item.fn)(*args)) if verify else None
     out_shapes = jax.eval_shape(item.fn, *functions.example_inputs(item, 1))
@@ -107,6 +122,9 @@ def run(config, weights: str, output_dir: str, *, formats=("stablehlo",),
       if fmt == "stablehlo":
         files = stablehlo.save(item, out, mlir=mlir)
         got = stablehlo.load(files[0]).call(*args) if verify else None
+      elif fmt == "onnx":
+        files = onnx_graph.save(onnx_item, out)
+        got = (onnx_graph.call(onnx_graph.session(files[0]), *args) if verify else None)
       else:
         files = savedmodel.save(item, out)
         got = (savedmodel.load(files[0])(**{n: np.asarray(a) for (n, _, _), a in
@@ -133,7 +151,8 @@ def define_flags() -> None:
                                   "Config file (configs/*.py[:args]).", lock_config=True)
   flags.DEFINE_string("weights", None, "Checkpoint file, workdir or checkpoint dir.")
   flags.DEFINE_string("output_dir", None, "Where the artifacts and export.json go.")
-  flags.DEFINE_list("formats", ["stablehlo"], f"Any of {list(FORMATS)}.")
+  flags.DEFINE_list("formats", ["stablehlo"], f"Any of {list(FORMATS)} (onnx: with "
+                    "--outputs=raw only).")
   flags.DEFINE_enum("outputs", "detections", ["raw", "detections"],
                     "raw: the networks; detections: the whole pipeline with NMS.")
   flags.DEFINE_list("sizes", ["640x480"], "Input sizes WIDTHxHEIGHT (one artifact each).")

@@ -30,6 +30,7 @@ from tinyfaces_jax.training import hosts
 from tinyfaces_jax.training import sharding
 from tinyfaces_jax.detectors import Detector
 from tinyfaces_jax.evaluation import evaluators as evaluators_lib
+from tinyfaces_jax.models import layers
 
 DEFAULT_EVALUATORS = {"wider": {"type": "wider"}}
 
@@ -156,7 +157,7 @@ class PredictionPass:
     another has left). A batch, and any compile it triggers, runs while SIGTERM is watched.
     """
     it = self._dataset(images).as_numpy_iterator()
-    variables = local_copy(variables, self.mesh)
+    variables = layers.fold_batch_norm(local_copy(variables, self.mesh))
     data = NamedSharding(self.mesh, P(sharding.DATA_AXIS))
     dets, t0, shapes, i = {}, time.time(), set(), 0
 
