@@ -22,6 +22,8 @@ import ml_collections
 # (`../shared` beside the repository); users pass their own with --config.init.backbone=PATH.
 SHARED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               os.pardir, "shared", "weights")
+# The shared reference photos and outputs (the real-photo check of the embedded runs).
+SHARED_REFERENCE = os.path.normpath(os.path.join(os.path.dirname(SHARED_WEIGHTS), "reference"))
 
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
@@ -154,6 +156,16 @@ def add_landmark_evaluator(c: ml_collections.ConfigDict) -> ml_collections.Confi
   """Adds the 5-point landmark evaluator (NME, failure rate) on the eval split: the embedded
   dataset's teacher landmarks, or a release whose val label.txt has points."""
   c.eval.evaluators.landmarks = ml_collections.ConfigDict({"type": "landmarks"})
+  return c
+
+
+def add_photo_check(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the real-photo check (evaluator type "photos": the faces of the shared reference
+  photos found, false positives per photo, photos.png) when the shared reference folder is
+  beside the repository (`../shared/reference`); without it, nothing."""
+  if os.path.isdir(SHARED_REFERENCE):
+    c.eval.evaluators.photos = ml_collections.ConfigDict(
+        {"type": "photos", "reference_dir": SHARED_REFERENCE})
   return c
 
 

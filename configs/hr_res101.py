@@ -104,6 +104,8 @@ def get_config(arg=None):
     c.eval.max_size = 640
     c.eval.max_output = 500
     c.init.require = False
+    if not a.test:
+      common.add_photo_check(c)           # the faces of real photos, false positives
   if a.test:
     common.shrink_for_tests(c)
     c.data.image_size = 128

@@ -79,6 +79,8 @@ def get_config(arg=None):
     # from random initialisation, and says so.
     c.init.require = False
     common.add_landmark_evaluator(c)      # the embedded set's teacher landmarks
+  if a.embedded and not a.test:
+    common.add_photo_check(c)             # the faces of real photos, false positives
   if a.test:
     common.shrink_for_tests(c)
   common.add_fddb(c, a.fddb)

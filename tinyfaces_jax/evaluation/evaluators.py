@@ -21,7 +21,8 @@ Types: "wider" (the official WIDER FACE protocol: APs easy / medium / hard, AP p
 bin, the submission layout, PR curves), "fddb" (the official FDDB discrete and continuous ROC:
 TPR at 100 / 500 / 1000 / 2000 false positives, the tool's ROC files, the ROC plot),
 "landmarks" (5-point NME by inter-ocular distance and by box size, the failure rate at 10%,
-the cumulative error distribution plot).
+the cumulative error distribution plot), "photos" (the real-photo check: the faces of the
+shared reference photos found, false positives per photo, a drawn PNG).
 """
 
 from __future__ import annotations
@@ -292,7 +293,58 @@ class LandmarkEvaluator:
             f"{s['matched']:.3f})"]
 
 
-TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator, "landmarks": LandmarkEvaluator}
+class PhotosEvaluator:
+  """type "photos": the real-photo check (evaluation/photos.py) on the shared reference photos
+  (t1 and multiface with the faces of the released RetinaFace trained on WIDER, no-faces with
+  none): faces found by a detection with score >= min_score at IoU >= iou, and the false
+  positives per photo. Writes photos.json and photos.png (faces blue, matches green, false
+  positives red). Scalars recall, false_positives (all photos), max_false_positives (the
+  worst photo), min_face_score (the lowest score that found a face; 0 when one was missed)."""
+
+  @dataclasses.dataclass(frozen=True)
+  class Options:
+    """reference_dir: the shared `reference/` folder (images/ and the reference .npz)."""
+    reference_dir: str = ""
+    min_score: float = 0.5
+    iou: float = 0.5
+
+    def __post_init__(self):
+      if not self.reference_dir:
+        raise ValueError("reference_dir is required (the shared reference/ folder)")
+
+  def __init__(self, name: str, options: "PhotosEvaluator.Options", builder=None,
+               split: str = "", max_images: int = 0):
+    del builder, split, max_images
+    from tinyfaces_jax.evaluation import photos
+    self.name, self.options = name, options
+    self.photos = photos.reference_photos(options.reference_dir)
+
+  def images(self) -> ImageSet:
+    return ImageSet(files=tuple(p.file for p in self.photos),
+                    keys=tuple(p.key for p in self.photos))
+
+  def evaluate(self, dets: dict, out_dir, method_name: str = "tinyfaces_jax") -> dict:
+    from tinyfaces_jax.evaluation import photos
+    r = photos.check(self.photos, dets, self.options.min_score, self.options.iou)
+    out = paths.resolve(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    photos.draw(self.photos, dets, r, out / "photos.png")
+    rows = [{k: v for k, v in row.items() if k != "matched"} for row in r["photos"]]
+    summary = {**{k: v for k, v in r.items() if k != "photos"}, "photos": rows,
+               "method": method_name, "scalars": {
+                   k: float(r[k]) for k in ("recall", "false_positives", "max_false_positives",
+                                            "min_face_score")}}
+    (out / "photos.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+  def describe(self, s: dict) -> list:
+    return ["real photos (score >= {:g}): ".format(s["min_score"]) + "; ".join(
+        f"{r['key']} {r['found']}/{r['faces']} faces, {r['false_positives']} false "
+        f"positive(s)" for r in s["photos"])]
+
+
+TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator, "landmarks": LandmarkEvaluator,
+         "photos": PhotosEvaluator}
 
 
 def make_evaluators(section: dict, builder, split: str, max_images: int = 0,
