@@ -27,6 +27,7 @@ and ConvBN) and passes the constructors down to its backbone, neck and heads.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -201,17 +202,17 @@ def fold_batch_norm(variables: dict, epsilon: float = 1e-5) -> dict:
 def _fold_jit(variables, epsilon):
   def walk(node, st):
     """(params, the batch_stats left) of one scope."""
-    if (set(node) == {"conv", "bn"} and isinstance(st, dict) and set(st) == {"bn"}
+    if (set(node) == {"conv", "bn"} and isinstance(st, Mapping) and set(st) == {"bn"}
         and set(node["conv"]) == {"kernel"}):
       bn, ms = node["bn"], st["bn"]
       f = bn["scale"] * lax.rsqrt(ms["var"] + epsilon)
       return {"conv": {"kernel": node["conv"]["kernel"] * f,
                        "bias": bn["bias"] - ms["mean"] * f}}, {}
     params, left = {}, {k: v for k, v in st.items() if k not in node} if isinstance(
-        st, dict) else {}
+        st, Mapping) else {}
     for name, sub in node.items():
-      sub_st = st.get(name, {}) if isinstance(st, dict) else {}
-      if isinstance(sub, dict):
+      sub_st = st.get(name, {}) if isinstance(st, Mapping) else {}
+      if isinstance(sub, Mapping):
         params[name], rest = walk(sub, sub_st)
         if rest:
           left[name] = rest
