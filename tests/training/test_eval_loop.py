@@ -68,7 +68,7 @@ def test_evaluators_by_type_and_their_config_errors(tmp_path):
     evaluators.make_evaluators({"val": {"type": "wider", "gt_dirr": ""}}, "B", "validation")
   with pytest.raises(settings.ConfigError, match=r"config.eval.evaluators.x.type: unknown "
                                                  r"evaluator type 'widerr'; known: \['fddb', "
-                                                 r"'landmarks', 'wider'\]"):
+                                                 r"'landmarks', 'photos', 'wider'\]"):
     evaluators.make_evaluators({"x": {"type": "widerr"}}, "B", "validation")
   with pytest.raises(settings.ConfigError, match="config.eval.evaluators.f: images_dir is "
                                                  "required"):
