@@ -30,7 +30,6 @@ import argparse
 import collections
 import os
 import pathlib
-import statistics
 import sys
 import tempfile
 import time
@@ -57,30 +56,6 @@ from PIL import Image  # noqa: E402
 from configs import retinaface_mnet025  # noqa: E402
 from tinyfaces_jax.export import functions, onnx_graph  # noqa: E402
 from tinyfaces_jax.training import checkpointing, train  # noqa: E402
-
-
-def session(path, threads: int):
-  """onnxruntime session of a file: CPU, ORT_ENABLE_ALL, `threads` intra-op, 1 inter-op."""
-  import onnxruntime as ort  # pylint: disable=import-outside-toplevel
-  so = ort.SessionOptions()
-  so.intra_op_num_threads = threads
-  so.inter_op_num_threads = 1
-  so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-  return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def median_ms_interleaved(fns: dict, runs: int, warmup: int = 3) -> dict:
-  """{name: fn} -> {name: median ms}, the functions called in turn within each run."""
-  for _ in range(warmup):
-    for fn in fns.values():
-      fn()
-  times = {k: [] for k in fns}
-  for _ in range(runs):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
-  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def softmax(x, axis=-1):
@@ -121,7 +96,7 @@ def main():
   ops = collections.Counter(n.op_type for n in onnx.load(str(ours_path)).graph.node)
   print(f"ours: {what}; exported in {export_s:.1f} s ({ours_path.name}, "
         f"{os.path.getsize(str(ours_path)) / 1e6:.2f} MB): {dict(ops.most_common())}")
-  ours, theirs = session(ours_path, THREADS), session(a.theirs, THREADS)
+  ours, theirs = onnx_graph.session(ours_path, THREADS), onnx_graph.session(a.theirs, THREADS)
   if tmp is not None:
     tmp.cleanup()
 
@@ -149,8 +124,9 @@ def main():
   print(f"                     (the two weight files differ: max |ours - theirs| loc "
         f"{weights_apart:.1f})")
 
-  ms = median_ms_interleaved({"ours": lambda: ours.run(None, {"images": images}),
-                              "theirs": lambda: theirs.run(None, {"input": x_nchw})}, a.runs)
+  ms = results_file.median_ms_interleaved(   # one to one: both sides are onnxruntime
+      {"ours": lambda: ours.run(None, {"images": images}),
+       "theirs": lambda: theirs.run(None, {"input": x_nchw})}, a.runs, warmup=3, block=0)
   ratio = ms["ours"] / ms["theirs"]
   print(f"\nmedian session.run latency over {a.runs} interleaved runs (ms); shared machines "
         f"give noisy numbers")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import statistics
 import time
 
 import jax
@@ -148,3 +149,25 @@ def time_train_step(det, opt_cfg, batch: dict, image_hw, steps: int, bf16: bool,
           "compute_dtype": train_det.dtype.name, "devices": n_dev, "flops_per_device": flops,
           "flops_total": None if flops is None else flops * n_dev, "memory": memory,
           "initial_variables": initial}
+
+
+def median_ms_interleaved(fns: dict, runs: int, warmup: int = 2, block: int = 5) -> dict:
+  """{name: fn} -> {name: median ms}: the functions take turns in blocks of `block` timed
+  calls, each block after one untimed call (block=0: one timed call each per turn, none
+  untimed), so that load drift on a shared machine hits both alike while neither is timed
+  right after the other: onnxruntime's intra-op threads spin for a while after each run and
+  slow down whatever runs next on the same cores (measured here: jax 14 ms in blocks, 21 ms
+  when every call follows an ort call)."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(max(1, -(-runs // max(block, 1)))):
+    for k, fn in fns.items():
+      if block:
+        fn()
+      for _ in range(max(block, 1)):
+        t0 = time.perf_counter()
+        fn()
+        times[k].append(time.perf_counter() - t0)
+  return {k: 1e3 * statistics.median(v) for k, v in times.items()}

@@ -20,7 +20,7 @@ folded) on one BGR image [1, H, W, 3] (t1.jpg resized with PIL bilinear, default
 Prints the thread settings, the agreement of the two (max abs diff of raw loc / conf /
 landmarks, and the detections with score >= 0.6), then a table of median latencies (ms over
 --runs timed runs after warm-up / compile, jax and ort taking turns in blocks of 5 runs:
-`median_ms_interleaved`) and the ratio jax / ort (goal <= 1.0x).
+`results_file.median_ms_interleaved`) and the ratio jax / ort (goal <= 1.0x).
 --profile adds a breakdown of the jax side: BatchNorm not folded, weights as jit constants, backbone alone, detect
 and NMS alone, and the forward / end-to-end with conv_impl='conv' (XLA's grouped convolutions
 for the depthwise layers instead of models/layers.py's shift-adds). --threads N < cpu count pins the process to N cores (XLA's Eigen
@@ -138,26 +138,6 @@ def median_ms(fn, runs: int, warmup: int = 2) -> float:
   return 1e3 * statistics.median(times)
 
 
-def median_ms_interleaved(fns: dict, runs: int, warmup: int = 2, block: int = 5) -> dict:
-  """{name: fn} -> {name: median ms}: the functions take turns in blocks of `block` timed
-  calls, each block after one untimed call, so that load drift on a shared machine hits both
-  alike while neither is timed right after the other: onnxruntime's intra-op threads spin for
-  a while after each run and slow down whatever runs next on the same cores (measured here:
-  jax 14 ms in blocks, 21 ms when every call follows an ort call)."""
-  for _ in range(warmup):
-    for fn in fns.values():
-      fn()
-  times = {k: [] for k in fns}
-  for _ in range(max(1, -(-runs // block))):
-    for k, fn in fns.items():
-      fn()
-      for _ in range(block):
-        t0 = time.perf_counter()
-        fn()
-        times[k].append(time.perf_counter() - t0)
-  return {k: 1e3 * statistics.median(v) for k, v in times.items()}
-
-
 def ready(tree):
   """Blocks and brings the result to the host (ort returns numpy, so ours does too)."""
   return jax.device_get(jax.block_until_ready(tree))
@@ -218,7 +198,7 @@ def profile_jax(variables, unfolded, img, hw, runs, ort_calls):
     if kind is None:
       print(f"  {name:<40} {median_ms(call, runs):8.2f}")
       continue
-    t = median_ms_interleaved({"jax": call, "ort": ort_calls[kind]}, runs)
+    t = results_file.median_ms_interleaved({"jax": call, "ort": ort_calls[kind]}, runs)
     print(f"  {name:<40} {t['jax']:8.2f}   ort {t['ort']:7.2f}   {t['jax'] / t['ort']:5.2f}x")
 
 
@@ -250,10 +230,10 @@ def main():
   x = img.astype(np.float32) - MEAN_BGR
   xj, imgj = jnp.asarray(x), jnp.asarray(img)
   x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-  res = median_ms_interleaved({
+  res = results_file.median_ms_interleaved({
       ("forward", "jax"): lambda: ready(forward(variables, xj)),
       ("forward", "ort"): lambda: peer.forward(x_nchw)}, a.runs)
-  res.update(median_ms_interleaved({
+  res.update(results_file.median_ms_interleaved({
       ("end-to-end", "jax"): lambda: ready(end_to_end(variables, imgj)),
       ("end-to-end", "ort"): lambda: peer.end_to_end(img)}, a.runs))
   print(f"\nmedian latency over {a.runs} runs (ms); shared machines give noisy numbers")
