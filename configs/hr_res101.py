@@ -21,6 +21,8 @@ Arguments (`hr_res101.py:arg,...`):
               its ImageNet weights exist offline, ResNet/VGG ones must be given).
   embedded    the embedded dataset on CPU: a short real training from ImageNet MobileNet
               weights when backbone=mnet025.
+  gpu         with embedded: the longer variant for one GPU (4,000 images, 4,000 steps of 16
+              crops of 500 px; evaluation every 1,000 steps).
   modern      a modern schedule: lr 0.01, 1,000-step warm-up, cosine decay.
   test        a tiny shrink for the tests.   steps=N: the schedule scaled to N steps.
   fddb=DIR    also evaluate on FDDB (DIR holds originalPics/ and FDDB-folds/).
@@ -40,8 +42,11 @@ BACKBONES = {"res101": "resnet101", "res50": "resnet50", "vgg16": "vgg16",
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, backbone="res101", embedded=False, modern=False, test=False,
-                       steps=0, fddb="")
+  a = common.parse_arg(arg, backbone="res101", embedded=False, gpu=False, modern=False,
+                       test=False, steps=0, fddb="")
+  if a.gpu and not a.embedded:
+    raise ValueError("hr_res101.py: gpu is the long variant of embedded; write "
+                     "'embedded,gpu' (a WIDER run is already the full recipe)")
   if a.backbone not in BACKBONES:
     raise ValueError(f"hr_res101.py: backbone={a.backbone!r}; known: {sorted(BACKBONES)}")
   c = common.get_config()
@@ -52,6 +57,7 @@ def get_config(arg=None):
   c.model.allscale_templates = tuple(range(5, 13))
   c.model.onescale_templates = tuple(range(19, 26))
   c.model.cell_offset = ml_collections.config_dict.placeholder(float)
+  c.model.border_mask = False             # the release's test-time `violation` mask (off there)
   c.loss.pos_iou = 0.7
   c.loss.neg_iou = 0.3
   c.loss.easy_loss = 0.03
@@ -91,6 +97,7 @@ def get_config(arg=None):
     c.optim.warmup_steps = 1000
   if a.embedded:
     c.data.source = "embedded"
+    c.model.border_mask = True            # no template crossing an image's border at test
     c.data.max_boxes = 64
     c.train.batch_size = 8
     c.train.num_steps = 600
@@ -106,6 +113,9 @@ def get_config(arg=None):
     c.init.require = False
     if not a.test:
       common.add_photo_check(c)           # the faces of real photos, false positives
+  if a.gpu:
+    c.data.max_boxes = 128
+    common.embedded_on_gpu(c, steps=4000, batch_size=16, eval_every=1000)
   if a.test:
     common.shrink_for_tests(c)
     c.data.image_size = 128

@@ -8,8 +8,9 @@ landmarks, with left/right swapped under the flip) back to the pixels of `images
 branch's `pre_nms_top_k` best, and runs one greedy NMS over all of them. jit compiles once per
 input shape, so callers pad images to size buckets (`bucket_hw`, `pad_to`) to get one compile
 per bucket, not per image; `image_hw` [B, 2] int32 (optional) is each image's size inside
-its padding, which this predictor does not need (padding is the detector's mean) but a
-family's own one may (a cascade's pyramid). With one scale and no flip this is exactly the reference
+its padding, which this predictor gives only to a family whose decode asks for it
+(`Detector.decode_region`: HR's border mask at the image's own border) and a family's own
+predictor may use (a cascade's pyramid). With one scale and no flip this is exactly the reference
 post-processing (threshold, top-k, NMS, keep-top-k).
 
 Output (K = max_output, in descending score order, padded with valid=False):
@@ -122,18 +123,37 @@ def _flip_back(boxes, landmarks, width: float, perm):
   return boxes, landmarks
 
 
-def run_branch(detector: Detector, variables, images, scale: float, flip: bool):
+def image_region(image_hw, padded_hw, branch_hw, flip: bool):
+  """Each image's extent inside the padded input of a branch: image_hw [B, 2] (h, w) in the
+  pixels of the padded images (padded_hw), the branch input of size branch_hw (mirrored when
+  `flip`: the image then sits at the right) -> [B, 4] float32 (x1, y1, x2, y2)."""
+  sy, sx = branch_hw[0] / padded_hw[0], branch_hw[1] / padded_hw[1]
+  hw = jnp.asarray(image_hw, jnp.float32)
+  y2, x2 = hw[:, 0] * sy, hw[:, 1] * sx
+  zero = jnp.zeros_like(x2)
+  if flip:
+    return jnp.stack([branch_hw[1] - x2, zero, jnp.full_like(x2, branch_hw[1]), y2], -1)
+  return jnp.stack([zero, zero, x2, y2], -1)
+
+
+def run_branch(detector: Detector, variables, images, scale: float, flip: bool,
+               image_hw=None):
   """One test branch: images [B, H, W, 3] resized by `scale` (static; `jax.image.resize`
   linear), mirrored when `flip`, through the model and `detector.decode`, mapped back to the
-  pixels of `images`. -> (boxes [B, A, 4], scores [B, A], landmarks [B, A, P, 2] or None)."""
+  pixels of `images`. image_hw [B, 2] (optional): each image's size inside its padding, given
+  to a `decode_region` family's decode as its extent in the branch input.
+  -> (boxes [B, A, 4], scores [B, A], landmarks [B, A, P, 2] or None)."""
   b, h, w, _ = images.shape
   hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
   x = images if (hs, ws) == (h, w) else jax.image.resize(images, (b, hs, ws, 3), "linear")
   if flip:
     x = x[:, :, ::-1]
   out = detector.model.apply(variables, detector.preprocess(x), train=False)
+  kw = {}
+  if detector.decode_region and image_hw is not None:
+    kw["region"] = image_region(image_hw, (h, w), (hs, ws), flip)
   d = detector.decode(jax.tree.map(lambda v: v.astype(jnp.float32), out), (hs, ws),
-                      scale=scale)
+                      scale=scale, **kw)
   boxes, landmarks = d["boxes"], d.get("landmarks")
   if flip:
     boxes, landmarks = _flip_back(boxes, landmarks, float(ws), detector.landmark_flip)
@@ -161,8 +181,7 @@ def make_predict_fn(detector: Detector, cfg: InferenceConfig) -> Callable:
 
   @jax.jit
   def predict(variables, images, image_hw=None):
-    del image_hw  # see the module docstring
-    parts = [run_branch(detector, variables, images, s, f)
+    parts = [run_branch(detector, variables, images, s, f, image_hw)
              for s, f in branches_for(*images.shape[1:3])]
     if len(parts) == 1:
       boxes, scores, landmarks = parts[0]

@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from tests.reference import tiny_faces as tiny_faces_ref
-from tinyfaces_jax import detectors
+from tinyfaces_jax import detectors, inference
 from tinyfaces_jax.detectors.hr import loss as hr_loss
 from tinyfaces_jax.detectors import hr as hr_detector
 from tinyfaces_jax.detectors.hr import model as hr
@@ -204,6 +204,26 @@ def test_border_mask_is_the_releases_violation_mask(shared_dir):
   assert viol.any() and (~viol & (a > 0)).any()
   np.testing.assert_array_equal(b[viol], 0.0)
   np.testing.assert_array_equal(b[~viol], a[~viol])
+  # Two images padded into that input: the first 42 x 60 (its own border), the second
+  # mirrored (a flipped branch puts it at the right: x from 70 - 60 = 10 to 70).
+  outs2 = jax.tree.map(lambda v: jnp.concatenate([v, v]), outs)
+  region = inference.image_region(np.asarray([[42, 60], [42, 60]]), image_hw, image_hw, False)
+  region = region.at[1].set(inference.image_region(np.asarray([[42, 60]]), image_hw, image_hw,
+                                                   True)[0])
+  np.testing.assert_allclose(region, [[0, 0, 60, 42], [10, 0, 70, 42]])
+  c = np.asarray(masked.decode(outs2, image_hw, 1.0, region=region)["scores"]).reshape(
+      2, h, w, t)
+  for k, (left, right) in enumerate(((0, 60), (10, 70))):
+    viol2 = np.zeros((h, w, t), bool)
+    for y in range(h):
+      for x in range(w):
+        cx, cy = ofs + 8 * x, ofs + 8 * y
+        x1, y1, x2, y2 = cx + tpl[:, 0], cy + tpl[:, 1], cx + tpl[:, 2], cy + tpl[:, 3]
+        viol2[y, x] = (x1 <= left) | (y1 <= 0) | (x2 > right) | (y2 > 42)
+    assert (viol2 & ~viol).any()
+    np.testing.assert_array_equal(c[k][viol2], 0.0)
+    np.testing.assert_array_equal(c[k][~viol2], a[~viol2])
+  assert masked.decode_region and not plain.decode_region
 
 
 def test_trunk_importers_cover_torchvision_layouts():

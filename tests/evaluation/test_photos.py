@@ -48,8 +48,10 @@ def test_check_counts_matches_and_false_positives(reference):
   assert (t1_row["found"], t1_row["false_positives"]) == (5, 2)
   assert t1_row["face_scores"] == [0.9, 0.8, 0.95, 0.7, 0.6, 0.0]
   assert t1_row["matched"].tolist() == [True] * 5 + [False, False, False]
+  assert t1_row["false_positive_scores"] == [0.85, 0.55]       # the 0.3 box is under min_score
   assert (multi_row["found"], multi_row["false_positives"]) == (6, 0)
   assert (none_row["faces"], none_row["false_positives"]) == (0, 1)
+  assert none_row["false_positive_scores"] == [0.51] and multi_row["false_positive_scores"] == []
   assert r["recall"] == pytest.approx(11 / 12)
   assert (r["false_positives"], r["max_false_positives"], r["min_face_score"]) == (3, 2, 0.0)
   # the shifted box alone finds face 0 (IoU >= 0.5)
@@ -65,15 +67,17 @@ def test_evaluator_writes_its_record_and_picture(shared_dir, tmp_path):
   assert images.keys == ("t1", "multiface", "no-faces") and all(
       f.endswith(".jpg") for f in images.files)
   dets = {p.key: {"boxes": p.faces, "scores": np.ones(len(p.faces))} for p in ev.photos}
+  dets["no-faces"] = {"boxes": np.asarray([[5.0, 5, 30, 30], [50, 50, 80, 80]]),
+                      "scores": np.asarray([0.6, 0.75])}
   s = ev.evaluate(dets, tmp_path)
-  assert s["scalars"] == {"recall": 1.0, "false_positives": 0.0, "max_false_positives": 0.0,
+  assert s["scalars"] == {"recall": 1.0, "false_positives": 2.0, "max_false_positives": 2.0,
                           "min_face_score": 1.0}
   assert json.loads((tmp_path / "photos.json").read_text())["photos"][0]["found"] == 6
   png = Image.open(tmp_path / "photos.png")
   assert png.height == 480 and png.width > 3 * 300
   assert ev.describe(s) == ["real photos (score >= 0.5): t1 6/6 faces, 0 false positive(s); "
-                            "multiface 6/6 faces, 0 false positive(s); no-faces 0/0 faces, 0 "
-                            "false positive(s)"]
+                            "multiface 6/6 faces, 0 false positive(s); no-faces 0/0 faces, 2 "
+                            "false positive(s) at 0.75 0.60"]
 
 
 def test_missing_reference_is_an_error(tmp_path):

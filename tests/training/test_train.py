@@ -141,6 +141,20 @@ def test_config_typos_are_named(data_dir):
     train.RunSpec.from_config(c)
 
 
+def test_embedded_gpu_variants_are_valid_runs():
+  """`:embedded,gpu`: the same recipe, longer, on a larger embedded set; `gpu` alone is an
+  error naming the fix."""
+  from configs import hr_res101, retinaface_mnet025
+  rf = train.RunSpec.from_config(retinaface_mnet025.get_config("embedded,gpu"))
+  hr = train.RunSpec.from_config(hr_res101.get_config("backbone=mnet025,embedded,gpu"))
+  for spec, steps, batch in ((rf, 3000, 32), (hr, 4000, 16)):
+    assert (spec.train.num_steps, spec.train.batch_size) == (steps, batch)
+    assert (spec.data.source, spec.data.embedded_train) == ("embedded", 4000)
+    assert spec.train.eval_every and steps % spec.train.eval_every == 0
+  with pytest.raises(ValueError, match="write 'embedded,gpu'"):
+    retinaface_mnet025.get_config("gpu")
+
+
 def test_missing_initial_weights(data_dir, tmp_path):
   c = make_config(data_dir)
   c.init.backbone = str(tmp_path / "nope.tar")

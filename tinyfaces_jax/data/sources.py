@@ -78,7 +78,8 @@ def prepare_builder(cfg: DataConfig, log=print):
       with tempfile.TemporaryDirectory(prefix="tinyfaces_embedded_") as tmp:
         manual = os.path.join(tmp, "release") if paths.is_url(root) else str(root / "release")
         embedded.build_embedded_wider(manual, num_train=cfg.embedded_train,
-                                      num_val=cfg.embedded_val, image_size=(lo, hi))
+                                      num_val=cfg.embedded_val, image_size=(lo, hi),
+                                      workers=min(8, os.cpu_count() or 1))
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=manual))
       log(f"embedded dataset ready in {time.time() - t0:.0f} s")

@@ -47,6 +47,9 @@ class Detector:
       anchors/templates are trace-time constants.
     decode: (outputs, (H, W), scale) -> dict(boxes [B, A, 4], scores [B, A], landmarks
       [B, A, P, 2]); `scale` is the test scale of the branch (HR prunes templates by it).
+    decode_region: decode also takes `region=` [B, 4] float32 (x1, y1, x2, y2), each image's
+      extent inside the padded input, when the caller knows the images' sizes (HR's border
+      mask at the image's own border rather than the size bucket's).
     pad_value: RGB value that `preprocess` maps to zero (padding of size buckets).
     landmark_flip: permutation of the P landmarks under a horizontal flip (None: none).
     import_weights: path -> {'params', 'batch_stats'} of the whole model (public checkpoints).
@@ -75,6 +78,7 @@ class Detector:
   preprocess: Callable[[Array], Array]
   loss: Callable[[dict, dict], tuple]
   decode: Callable[[dict, tuple], dict]
+  decode_region: bool = False
   pad_value: tuple = (0.0, 0.0, 0.0)
   landmark_flip: Optional[tuple] = None
   import_weights: Optional[Callable[[str], dict]] = None

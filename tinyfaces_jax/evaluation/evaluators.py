@@ -338,9 +338,13 @@ class PhotosEvaluator:
     return summary
 
   def describe(self, s: dict) -> list:
+    def fps(r):
+      scores = r.get("false_positive_scores", [])
+      return (f"{r['false_positives']} false positive(s)"
+              + (" at " + " ".join(f"{v:.2f}" for v in scores[:6]) if scores else "")
+              + (" ..." if len(scores) > 6 else ""))
     return ["real photos (score >= {:g}): ".format(s["min_score"]) + "; ".join(
-        f"{r['key']} {r['found']}/{r['faces']} faces, {r['false_positives']} false "
-        f"positive(s)" for r in s["photos"])]
+        f"{r['key']} {r['found']}/{r['faces']} faces, {fps(r)}" for r in s["photos"])]
 
 
 TYPES = {"wider": WiderEvaluator, "fddb": FddbEvaluator, "landmarks": LandmarkEvaluator,

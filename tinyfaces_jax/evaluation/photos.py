@@ -64,7 +64,8 @@ def reference_photos(reference_dir) -> list:
 def check(photos, dets: dict, min_score: float = 0.5, iou: float = 0.5) -> dict:
   """Counts per photo and overall. dets: {photo key: dict(boxes [N, 4], scores [N])} in the
   photo's pixels. -> {"photos": [{key, faces, found, false_positives, face_scores (the score
-  of the detection matching each face, 0 if none), matched [N] bool}], "recall",
+  of the detection matching each face, 0 if none), false_positive_scores (descending),
+  matched [N] bool}], "recall",
   "false_positives", "max_false_positives", "min_face_score"}."""
   rows = []
   for p in photos:
@@ -88,6 +89,8 @@ def check(photos, dets: dict, min_score: float = 0.5, iou: float = 0.5) -> dict:
     rows.append({"key": p.key, "faces": int(len(p.faces)), "found": int(taken.sum()),
                  "false_positives": int(keep.sum() - matched.sum()),
                  "face_scores": [round(float(s), 4) for s in face_scores],
+                 "false_positive_scores": [round(float(scores[i]), 4) for i in idx
+                                           if not matched[i]],
                  "matched": matched})
   faces = sum(r["faces"] for r in rows)
   all_scores = [s for r in rows for s in r["face_scores"]]

