@@ -257,8 +257,8 @@ def paste_cutout(canvas, rng, cutout: package_images.PersonCutout, target, gray_
         int(round(oy + y2 * sy)))
     pts = None if points is None else np.stack(
         [ox + np.asarray(points)[:, 0] * sx, oy + np.asarray(points)[:, 1] * sy], 1)
-    fh = xyxy[3] - xyxy[1]
-    out.append({"xyxy": xyxy, "blur": 2 if fh < 16 else 1 if fh < 40 else 0, "pose": 0,
+    out.append({"xyxy": xyxy, "blur": package_images.blur_attribute(xyxy[3] - xyxy[1]),
+                "pose": 0,
                 "real": False, "landmarks": pts})
   return out, mask
 

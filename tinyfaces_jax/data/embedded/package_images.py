@@ -178,6 +178,12 @@ def photo_faces() -> dict:
   return out
 
 
+def blur_attribute(height) -> int:
+  """The WIDER `blur` attribute a face of `height` px gets here: 2 (heavy) under 16 px, 1
+  (normal) under 40, else 0 (clear)."""
+  return 2 if height < 16 else 1 if height < 40 else 0
+
+
 def has_faces(spec: str) -> bool:
   """Whether a background photo contains labelled real faces."""
   return spec in REAL_FACE_BOXES or spec in PEOPLE_FILES
@@ -382,7 +388,7 @@ def background(rng, width: int, height: int, *, allow_real: bool):
     canvas, gray, _ = photo_crop(rng, plain[rng.integers(len(plain))], width, height)
   else:
     canvas, gray, _ = _mosaic(rng, width, height, lambda: plain[rng.integers(len(plain))])
-  real_faces = [{"xyxy": b, "blur": 2 if b[3] - b[1] < 16 else 1 if b[3] - b[1] < 40 else 0,
+  real_faces = [{"xyxy": b, "blur": blur_attribute(b[3] - b[1]),
                  "pose": 0, "real": True} for b in boxes]
   if gray and rng.random() < 0.7:  # most gray photos become colour-toned scenes
     canvas = np.clip(canvas * rng.uniform(0.7, 1.15, size=3).astype(np.float32), 0.0, 255.0)

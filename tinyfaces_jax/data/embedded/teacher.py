@@ -42,6 +42,7 @@ from etils import epath
 from PIL import Image
 
 from tinyfaces_jax.data.embedded import package_images
+from tinyfaces_jax.detection import box_ops
 
 LANDMARKS_FILE = epath.Path(__file__).parent / "teacher_landmarks.json"
 FACE_SIDE = 150
@@ -130,15 +131,6 @@ PHOTO_MIN_SCORE = 0.8          # a face; 0.3 to this is reported as uncertain
 PHOTO_LANDMARK_SCORE = 0.9
 
 
-def _overlap(a, b) -> float:
-  """Intersection over the smaller box's area."""
-  iw = min(a[2], b[2]) - max(a[0], b[0])
-  ih = min(a[3], b[3]) - max(a[1], b[1])
-  if iw <= 0 or ih <= 0:
-    return 0.0
-  return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-
-
 def label_photo(predict_for, spec: str) -> dict:
   """Faces of one people photo (`package_images.PEOPLE_FILES`) by the RetinaFace teacher.
 
@@ -163,7 +155,8 @@ def label_photo(predict_for, spec: str) -> dict:
     if not valid or score < 0.3:
       continue
     box = [round(float(v), 1) for v in np.clip(box, 0, [w, h, w, h])]
-    if any(_overlap(box, f) > 0.5 for f in faces):
+    if faces and float(np.max(box_ops.pairwise_overlap_min(
+        np.asarray([box]), np.asarray([f[:4] for f in faces])))) > 0.5:
       continue  # the same face found at another scale (NMS at 0.4 IoU keeps nested boxes)
     if score >= PHOTO_MIN_SCORE:
       pts = ([[round(float(x), 1), round(float(y), 1)] for x, y in points]
