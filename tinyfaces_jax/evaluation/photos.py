@@ -4,8 +4,9 @@ The photos and their faces are the shared reference fixtures (`../shared/referen
 README): t1.jpg and multiface.jpg with the faces that the released Pytorch_Retinaface
 (MobileNet0.25, trained on real WIDER FACE; an independent detector) found at score >= its
 visualisation threshold 0.6 (`retinaface_mnet025_m2man.npz`: `<photo>_boxes`, in the pixels
-of the image that detector ran on, scaled here to the file's pixels), and no-faces.jpg, which
-has none (`mtcnn_facenet.npz`). A detection with score >= `min_score` matches an unmatched
+of the image that detector ran on, scaled here to the file's pixels), ivan.jpg (a speaker
+before an embroidered coat of arms) with the one face of the released MTCNN of facenet-pytorch
+(also trained on real faces; `mtcnn_facenet.npz`), and no-faces.jpg, which has none (same file). A detection with score >= `min_score` matches an unmatched
 face at IoU >= `iou` (greedy, by descending score); the others are false positives.
 
 `reference_photos(reference_dir)` -> [Photo]; `check(photos, dets, min_score, iou)` -> the
@@ -25,6 +26,7 @@ from tinyfaces_jax.evaluation import drawing, landmarks
 # (photo key, image file, reference file, array prefix): the faces of each photo.
 PHOTOS = (("t1", "t1.jpg", "retinaface_mnet025_m2man.npz", "t1"),
           ("multiface", "multiface.jpg", "retinaface_mnet025_m2man.npz", "multiface"),
+          ("ivan", "ivan.jpg", "mtcnn_facenet.npz", "ivan"),
           ("no-faces", "no-faces.jpg", "mtcnn_facenet.npz", "nofaces"))
 
 
