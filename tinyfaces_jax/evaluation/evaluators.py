@@ -296,10 +296,11 @@ class LandmarkEvaluator:
 class PhotosEvaluator:
   """type "photos": the real-photo check (evaluation/photos.py) on the shared reference photos
   (t1 and multiface with the faces of the released RetinaFace trained on WIDER, ivan with the
-  face of the released MTCNN, no-faces with none): faces found by a detection with score >= min_score at IoU >= iou, and the false
-  positives per photo. Writes photos.json and photos.png (faces blue, matches green, false
-  positives red). Scalars recall, false_positives (all photos), max_false_positives (the
-  worst photo), min_face_score (the lowest score that found a face; 0 when one was missed)."""
+  face of the released MTCNN, no-faces with none): faces found by a detection with score >=
+  min_score at IoU >= iou, and the false positives per photo. Writes photos.json and
+  photos.png (faces blue, matches green, false positives red). Scalars recall,
+  false_positives (all photos), max_false_positives (the worst photo), min_face_score (the
+  lowest score that found a face; 0 when one was missed)."""
 
   @dataclasses.dataclass(frozen=True)
   class Options:

@@ -6,8 +6,9 @@ README): t1.jpg and multiface.jpg with the faces that the released Pytorch_Retin
 visualisation threshold 0.6 (`retinaface_mnet025_m2man.npz`: `<photo>_boxes`, in the pixels
 of the image that detector ran on, scaled here to the file's pixels), ivan.jpg (a speaker
 before an embroidered coat of arms) with the one face of the released MTCNN of facenet-pytorch
-(also trained on real faces; `mtcnn_facenet.npz`), and no-faces.jpg, which has none (same file). A detection with score >= `min_score` matches an unmatched
-face at IoU >= `iou` (greedy, by descending score); the others are false positives.
+(also trained on real faces; `mtcnn_facenet.npz`), and no-faces.jpg, which has none (same
+file). A detection with score >= `min_score` matches an unmatched face at IoU >= `iou`
+(greedy, by descending score); the others are false positives.
 
 `reference_photos(reference_dir)` -> [Photo]; `check(photos, dets, min_score, iou)` -> the
 per-photo and overall counts; `draw(photos, dets, result, path)` -> one PNG with the faces
