@@ -169,6 +169,17 @@ def add_photo_check(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def run_at_embedded_size(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Test-time size of the `:embedded` recipes: an image is run at its own size, at most the
+  embedded set's largest side (`data.embedded_image_size[1]`, 640 px) on the long side, so a
+  larger photo's objects sit at the scale the detector was trained on (the val images are
+  never resized). On the real photos (1,200-1,280 px) the RetinaFace main job's detector has
+  4 and 5 false positives on t1 and multiface at their own size, 0 and 1 at 640 px."""
+  c.eval.resize = "none"
+  c.eval.max_size = int(c.data.embedded_image_size[1])
+  return c
+
+
 def embedded_on_gpu(c: ml_collections.ConfigDict, *, steps: int, batch_size: int,
                     eval_every: int) -> ml_collections.ConfigDict:
   """The `gpu` variant of an `:embedded` config: the same recipe, longer, on a larger

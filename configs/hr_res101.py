@@ -108,7 +108,7 @@ def get_config(arg=None):
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 30
     c.eval.batch_size = 4
-    c.eval.max_size = 640
+    common.run_at_embedded_size(c)        # long side at most 640 px, as the set's images
     c.eval.max_output = 500
     c.init.require = False
     if not a.test:

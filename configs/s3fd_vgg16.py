@@ -97,6 +97,7 @@ def get_config(arg=None):
     c.train.checkpoint_every = 100
     c.train.eval_every = 100
     c.optim.decay_steps = (200, 260)
+    common.run_at_embedded_size(c)        # long side at most 640 px, as the set's images
     c.eval.batch_size = 8
     c.eval.max_output = 300
     c.init.require = False

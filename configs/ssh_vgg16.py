@@ -100,8 +100,7 @@ def get_config(arg=None):
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 25
     c.optim.decay_steps = ()
-    c.eval.resize = "none"
-    c.eval.max_size = 640
+    common.run_at_embedded_size(c)        # long side at most 640 px, as the set's images
     c.eval.batch_size = 8
     c.eval.max_output = 300
     c.init.require = False

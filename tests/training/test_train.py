@@ -155,6 +155,28 @@ def test_embedded_gpu_variants_are_valid_runs():
     retinaface_mnet025.get_config("gpu")
 
 
+def test_embedded_recipes_run_images_at_the_embedded_size():
+  """Every `:embedded` recipe (and its gpu variant) runs an image at its own size, capped at
+  the embedded set's long side, so a larger photo is shrunk to the scale trained on; the
+  test shrink caps at its own tiny images."""
+  from configs import hr_res101, retinaface_mnet025, s3fd_vgg16, ssh_vgg16
+  configs = [retinaface_mnet025.get_config("embedded"),
+             retinaface_mnet025.get_config("embedded,gpu"),
+             hr_res101.get_config("backbone=mnet025,embedded"),
+             hr_res101.get_config("backbone=mnet025,embedded,gpu"),
+             s3fd_vgg16.get_config("backbone=mnet025,embedded"),
+             ssh_vgg16.get_config("embedded")]
+  for c in configs:
+    spec = train.RunSpec.from_config(c)
+    assert (spec.inference.resize, spec.inference.max_size) == ("none", 640), c.detector
+    assert spec.data.embedded_image_size[1] == 640
+  small = train.RunSpec.from_config(retinaface_mnet025.get_config("embedded,test"))
+  assert small.inference.max_size == small.data.embedded_image_size[1] == 160
+  # WIDER runs keep their own test resize (RetinaFace: shorter side 1600, longer <= 2150).
+  wider = train.RunSpec.from_config(retinaface_mnet025.get_config())
+  assert (wider.inference.resize, wider.inference.max_size) == ("fit", 2150)
+
+
 def test_missing_initial_weights(data_dir, tmp_path):
   c = make_config(data_dir)
   c.init.backbone = str(tmp_path / "nope.tar")

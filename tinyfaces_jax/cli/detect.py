@@ -155,8 +155,9 @@ def run(config, weights: str, output_dir: str, inputs, *, min_score: float = 0.6
   out.mkdir(parents=True, exist_ok=True)
   how = (f"scales {list(cfg.scales)}, flip {cfg.flip}" if spec.detector.make_predict is None
          else "the family's own predictor")
-  log(f"{spec.detector.name} ({what}) on {len(images)} image(s); {how}, resize {cfg.resize}, "
-      f"min_score {min_score}")
+  cap = f" (long side at most {cfg.max_size} px)" if cfg.max_size else ""
+  log(f"{spec.detector.name} ({what}) on {len(images)} image(s); {how}, resize {cfg.resize}"
+      f"{cap}, min_score {min_score}")
   from PIL import Image
   groups: dict = {}
   failed, n_faces, t0, buckets = [], 0, time.time(), set()
