@@ -173,8 +173,7 @@ def run_at_embedded_size(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
   """Test-time size of the `:embedded` recipes: an image is run at its own size, at most the
   embedded set's largest side (`data.embedded_image_size[1]`, 640 px) on the long side, so a
   larger photo's objects sit at the scale the detector was trained on (the val images are
-  never resized). On the real photos (1,200-1,280 px) the RetinaFace main job's detector has
-  4 and 5 false positives on t1 and multiface at their own size, 0 and 1 at 640 px."""
+  never resized; the README's main-job section measures the real photos both ways)."""
   c.eval.resize = "none"
   c.eval.max_size = int(c.data.embedded_image_size[1])
   return c
