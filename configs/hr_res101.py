@@ -63,6 +63,7 @@ def get_config(arg=None):
   c.loss.easy_loss = 0.03
   c.loss.max_pos = 128
   c.loss.max_neg = 128
+  c.loss.neg_select = "random"          # the release; "hardest": the 128 of largest loss
 
   c.data.source = "wider"
   c.data.recipe = "hr"
@@ -104,6 +105,7 @@ def get_config(arg=None):
     c.train.log_every = 25
     c.train.checkpoint_every = 200
     c.train.eval_every = 200
+    c.train.eval_at_start = False         # untrained score layers: every template at 0.5
     c.optim.learning_rate = 1e-2
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = 30

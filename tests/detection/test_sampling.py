@@ -1,6 +1,8 @@
 """Tests of detection/sampling.py: exact agreement with numpy references for the deterministic
 parts, statistics for the random parts, determinism, jit and vmap."""
 
+import functools
+
 import numpy as np
 import pytest
 import jax
@@ -141,6 +143,32 @@ def test_tiny_faces_uniform_selection():
   both = (neg[:, hard_neg][:, :, None] & neg[:, hard_neg][:, None, :]).mean(0)
   off_diag = both[~np.eye(20, dtype=bool)]
   np.testing.assert_allclose(off_diag, 20 / 380, atol=0.03)
+
+
+def test_tiny_faces_hardest_negatives():
+  """neg_select="hardest": the max_neg hard negatives of largest loss (numpy sort, ties by
+  lower index); the positives are the same random draw as with "random"."""
+  rng = np.random.default_rng(4)
+  a = 3000
+  labels = random_labels(rng, a, p_pos=0.1, p_ign=0.1)
+  losses = rng.uniform(0.0, 0.3, a).astype(np.float32)
+  losses[rng.choice(a, 40, replace=False)] = np.float32(0.25)       # ties
+  fn = jax.jit(functools.partial(tiny_faces_sample_mask, neg_select="hardest"))
+  pos, neg = (np.asarray(x) for x in fn(jax.random.key(0), losses, labels))
+  _, hard_neg = tiny_faces_candidates_ref(losses, labels)
+  idx = np.flatnonzero(hard_neg)
+  order = idx[np.lexsort((idx, -losses[idx]))][:128]
+  want = np.zeros(a, bool)
+  want[order] = True
+  np.testing.assert_array_equal(neg, want)
+  rand_pos, _ = tiny_faces_sample_mask(jax.random.key(0), losses, labels)
+  np.testing.assert_array_equal(pos, np.asarray(rand_pos))
+  # Fewer hard negatives than max_neg: all of them.
+  few = np.where(np.arange(a) < 60, labels, -1).astype(np.int32)
+  _, neg2 = fn(jax.random.key(1), losses, few)
+  np.testing.assert_array_equal(np.asarray(neg2), tiny_faces_candidates_ref(losses, few)[1])
+  with pytest.raises(ValueError, match="neg_select"):
+    tiny_faces_sample_mask(jax.random.key(0), losses, labels, neg_select="top")
 
 
 def test_batched_tiny_faces_matches_per_image_keys():

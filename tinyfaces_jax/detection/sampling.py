@@ -185,7 +185,8 @@ def random_subset_mask(key, candidates, max_keep: int) -> Array:
 
 
 def tiny_faces_sample_mask(key, losses, labels, *, easy_loss: float = 0.03,
-                           max_pos: int = 128, max_neg: int = 128) -> tuple[Array, Array]:
+                           max_pos: int = 128, max_neg: int = 128,
+                           neg_select: str = "random") -> tuple[Array, Array]:
   """Tiny Faces hard mining for one image.
 
   Args:
@@ -198,29 +199,38 @@ def tiny_faces_sample_mask(key, losses, labels, *, easy_loss: float = 0.03,
       sampleSize * posFraction = 256 * 0.5).
     max_neg: at most this many negatives are kept (reference
       pos_maxnum * (1 - posFraction) / posFraction = 128).
+    neg_select: "random" (the reference: a uniform random subset of the hard negatives) or
+      "hardest" (the max_neg hard negatives of largest loss, ties by lower index; SSD-style
+      hard-negative mining, not the release's).
 
   Returns:
     (pos_keep [A] bool, neg_keep [A] bool): uniform random subsets of the hard positives and
-    of the hard negatives. The two subsets are drawn independently from one permutation.
+    of the hard negatives (with "hardest", the negatives of largest loss). The two subsets are
+    drawn independently from one permutation.
   """
+  if neg_select not in ("random", "hardest"):
+    raise ValueError(f"neg_select={neg_select!r}; known: 'random' (the release), 'hardest'")
   losses = jnp.asarray(losses, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
   hard = ~(losses < easy_loss)
   pos_cand = hard & (labels == 1)
   neg_cand = hard & (labels == 0)
   key_pos, key_neg = jax.random.split(key)
-  return (random_subset_mask(key_pos, pos_cand, max_pos),
-          random_subset_mask(key_neg, neg_cand, max_neg))
+  if neg_select == "hardest":
+    neg = top_k_mask(losses, neg_cand, max_neg)
+  else:
+    neg = random_subset_mask(key_neg, neg_cand, max_neg)
+  return random_subset_mask(key_pos, pos_cand, max_pos), neg
 
 
 def batched_tiny_faces_sample_mask(key, losses, labels, *, easy_loss: float = 0.03,
-                                   max_pos: int = 128,
-                                   max_neg: int = 128) -> tuple[Array, Array]:
+                                   max_pos: int = 128, max_neg: int = 128,
+                                   neg_select: str = "random") -> tuple[Array, Array]:
   """`tiny_faces_sample_mask` per image with keys `jax.random.split(key, B)`:
   losses [B, A], labels [B, A] -> ([B, A] bool, [B, A] bool)."""
   keys = jax.random.split(key, losses.shape[0])
   fn = functools.partial(tiny_faces_sample_mask, easy_loss=easy_loss, max_pos=max_pos,
-                         max_neg=max_neg)
+                         max_neg=max_neg, neg_select=neg_select)
   return jax.vmap(fn)(keys, losses, labels)
 
 

@@ -22,6 +22,8 @@ class TinyFacesLossConfig:
   offset: pixel of output cell 0's centre (cell (y, x) sits at offset + 8 (x, y)).
   easy_loss, max_pos, max_neg: hard mining (drop loss < 0.03; <= 128 positives and 128
     negatives drawn at random per image).
+  neg_select: "random" (the release) or "hardest": the max_neg hard negatives of largest loss
+    (`sampling.tiny_faces_sample_mask`).
   reg_weight: weight of the Huber box loss.
   """
   pos_iou: float = 0.7
@@ -30,6 +32,7 @@ class TinyFacesLossConfig:
   easy_loss: float = 0.03
   max_pos: int = 128
   max_neg: int = 128
+  neg_select: str = "random"
   reg_weight: float = 1.0
 
 
@@ -77,7 +80,7 @@ def tiny_faces_loss(outputs: dict, batch: dict, templates: Array, key: jax.Array
   loss_map = jax.nn.softplus(-y * cls.reshape(b, -1))                    # [B, A]
   pos, neg = sampling.batched_tiny_faces_sample_mask(
       key, jax.lax.stop_gradient(loss_map), labels, easy_loss=cfg.easy_loss,
-      max_pos=cfg.max_pos, max_neg=cfg.max_neg)
+      max_pos=cfg.max_pos, max_neg=cfg.max_neg, neg_select=cfg.neg_select)
   loss_cls = jnp.sum(jnp.where(pos | neg, loss_map, 0.0)) / b
   grid = template_matching.template_grid(templates, (h, w), stride=8.0, offset=cfg.offset)
   gather = jax.vmap(lambda x, i: x[i])
